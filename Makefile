@@ -1,0 +1,28 @@
+# The two quick-start commands of the README:
+#   make bench   set up, then run the benchmark CLI's quick suite (report + charts in bench-results/)
+#   make test    set up, then run the test suite (what .ci/run calls)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENCH_OUT ?= bench-results
+PRESET ?= quick
+
+.PHONY: bench test setup-test setup-bench lint clean
+
+setup-test:
+	VENV=$(VENV) scripts/setup.sh test
+
+setup-bench:
+	VENV=$(VENV) scripts/setup.sh "test,bench"
+	VENV=$(VENV) scripts/install_peers.sh
+
+test: setup-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup-bench
+	$(VENV)/bin/difflinalg bench householder --preset $(PRESET) --out $(BENCH_OUT)
+
+lint:
+	$(PY) -m ruff check src tests
+
+clean:
+	rm -rf $(VENV) $(BENCH_OUT) build *.egg-info src/*.egg-info

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Best-effort install of the peer libraries the benchmarks compare against.
+# torch-householder compiles a C++ extension at install time; it needs torch in the venv
+# already, hence --no-build-isolation.  A failure here only removes that peer's columns
+# from the benchmark report; it never fails the benchmark run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+venv="${VENV:-.venv}"
+if "$venv/bin/python" -c "import torch_householder" >/dev/null 2>&1; then
+  exit 0
+fi
+echo "peers: installing torch-householder (compiles C++; may take a minute)"
+if ! "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-build-isolation \
+    "torch-householder>=1.0.1" >/tmp/difflinalg-peers.log 2>&1; then
+  echo "peers: torch-householder could not be installed (see /tmp/difflinalg-peers.log);" \
+       "the benchmark runs without it"
+fi
+exit 0
