@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .orthogonal import HouseholderOrthogonal, orthogonal
+
+__all__ = ["orthogonal", "HouseholderOrthogonal"]

@@ -1,0 +1,390 @@
+"""Tests of householder_product, householder_orgqr and householder_apply."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import difflinalg as dl
+from difflinalg import _householder
+from difflinalg.testing import (
+    exact_tau,
+    householder_apply_reference,
+    householder_orgqr_reference,
+    householder_product_reference,
+    orthogonality_error,
+)
+
+f64 = torch.float64
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+BATCHES = [(), (0,), (3,), (2, 1)]
+# (m, n, k): square, tall, k < n, k = 0, single column, single row
+SHAPES = [(4, 4, 4), (5, 3, 3), (7, 4, 2), (6, 6, 0), (3, 1, 1), (1, 1, 1), (5, 0, 0)]
+
+
+def _inputs(batch, m, n, k, dtype=f64, requires_grad=False, scale=1.0):
+    A = (scale * torch.randn(*batch, m, n, dtype=dtype)).requires_grad_(requires_grad)
+    tau = (2 * torch.rand(*batch, k, dtype=dtype)).requires_grad_(requires_grad)
+    return A, tau
+
+
+@pytest.fixture(params=["auto", "cwy"])
+def backend(request, monkeypatch):
+    """Run a test with the default forward dispatch and with the CWY forward forced."""
+    monkeypatch.setattr(_householder, "FORWARD_BACKEND", request.param)
+    return request.param
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_product_matches_torch_and_reference(batch, m, n, k):
+    A, tau = _inputs(batch, m, n, k)
+    out = dl.householder_product(A, tau)
+    assert out.shape == A.shape
+    torch.testing.assert_close(out, torch.linalg.householder_product(A, tau), **TOL[f64])
+    torch.testing.assert_close(out, householder_product_reference(A, tau), **TOL[f64])
+
+
+@pytest.mark.parametrize("m,n", [(8, 8), (9, 4), (300, 280), (600, 300)])
+def test_product_both_backends_agree(m, n, monkeypatch):
+    A = torch.randn(m, n, dtype=f64)
+    outs = []
+    for b in ("auto", "cwy"):
+        monkeypatch.setattr(_householder, "FORWARD_BACKEND", b)
+        outs.append(dl.householder_product(A))
+    torch.testing.assert_close(outs[0], outs[1], **TOL[f64])
+    torch.testing.assert_close(outs[0], torch.linalg.householder_product(A, exact_tau(A)),
+                               **TOL[f64])
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_tau_none_is_exact_reflections(batch):
+    A = torch.randn(*batch, 9, 5, dtype=f64)
+    torch.testing.assert_close(dl.householder_product(A),
+                               dl.householder_product(A, exact_tau(A)), **TOL[f64])
+    assert orthogonality_error(dl.householder_product(A)).max() < 1e-14
+
+
+def test_upper_part_and_diagonal_are_ignored():
+    A = torch.randn(6, 4, dtype=f64)
+    B = A.tril(-1) + 5.0 * torch.randn(6, 4, dtype=f64).triu()
+    torch.testing.assert_close(dl.householder_product(A), dl.householder_product(B))
+
+
+def test_zero_tau_is_identity_reflector():
+    A = torch.randn(5, 3, dtype=f64)
+    tau = torch.tensor([0.0, 0.7, 0.0], dtype=f64)
+    torch.testing.assert_close(dl.householder_product(A, tau),
+                               householder_product_reference(A, tau), **TOL[f64])
+
+
+def test_inputs_not_mutated():
+    A, tau = _inputs((2,), 6, 4, 3, requires_grad=True)
+    X = torch.randn(2, 6, 3, dtype=f64, requires_grad=True)
+    copies = [t.detach().clone() for t in (A, tau, X)]
+    out = dl.householder_product(A, tau).sum() + dl.householder_apply(A, tau, X).sum()
+    out = out + dl.householder_orgqr(A, None, X[..., :4] if X.shape[-1] >= 4 else None).sum()
+    out.backward()
+    for t, c in zip((A, tau, X), copies):
+        assert torch.equal(t.detach(), c)
+
+
+# ------------------------------------------------------------------------------ float32
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2])
+@pytest.mark.parametrize("m,n", [(256, 256), (1024, 64), (300, 7)])
+def test_float32_orthogonality_no_worse_than_lapack(scale, m, n, backend):
+    A = scale * torch.randn(2, m, n)
+    ours = orthogonality_error(dl.householder_product(A)).max()
+    lapack = orthogonality_error(torch.linalg.householder_product(A, exact_tau(A))).max()
+    eps = torch.finfo(torch.float32).eps
+    assert ours <= 1.5 * lapack + 4 * eps, (ours.item(), lapack.item())
+
+
+@pytest.mark.parametrize("m,n", [(128, 128), (512, 32)])
+def test_float32_gradient_error_no_worse_than_torch(m, n, backend):
+    A32 = torch.randn(m, n)
+    G = torch.randn(m, n, dtype=f64)
+
+    def grad(fn, A):
+        A = A.clone().requires_grad_()
+        (fn(A) * G.to(A.dtype)).sum().backward()
+        return A.grad.double()
+
+    ref = grad(dl.householder_product, A32.double())
+    ours = grad(dl.householder_product, A32)
+    theirs = grad(lambda A: torch.linalg.householder_product(A, exact_tau(A)), A32)
+    err_ours = (ours - ref).norm() / ref.norm()
+    err_theirs = (theirs - ref).norm() / ref.norm()
+    assert err_ours <= 2.0 * err_theirs + 1e-6, (err_ours.item(), err_theirs.item())
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+GRAD_SHAPES = [((), 5, 3, 3), ((2,), 6, 6, 4), ((2, 1), 7, 4, 2), ((), 4, 4, 4)]
+
+
+@pytest.mark.parametrize("batch,m,n,k", GRAD_SHAPES)
+def test_product_gradcheck(batch, m, n, k, backend):
+    A, tau = _inputs(batch, m, n, k, requires_grad=True)
+    assert gradcheck(dl.householder_product, (A, tau), check_forward_ad=True,
+                     check_batched_grad=True)
+    assert gradcheck(lambda A: dl.householder_product(A), (A,), check_forward_ad=True,
+                     check_batched_grad=True)
+
+
+@pytest.mark.parametrize("batch,m,n,k", [((), 5, 3, 3), ((2,), 4, 4, 3), ((2, 1), 5, 3, 2)])
+def test_product_gradgradcheck(batch, m, n, k):
+    A, tau = _inputs(batch, m, n, k, requires_grad=True)
+    assert gradgradcheck(dl.householder_product, (A, tau))
+    assert gradgradcheck(lambda A: dl.householder_product(A), (A,))
+
+
+def test_product_gradients_match_torch():
+    A, tau = _inputs((3,), 10, 6, 5, requires_grad=True)
+    G = torch.randn(3, 10, 6, dtype=f64)
+    ga = torch.autograd.grad((dl.householder_product(A, tau) * G).sum(), (A, tau))
+    gb = torch.autograd.grad((torch.linalg.householder_product(A, tau) * G).sum(), (A, tau))
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, **TOL[f64])
+
+
+@pytest.mark.parametrize("left,adjoint", list(itertools.product([True, False], repeat=2)))
+@pytest.mark.parametrize("batch,m,kk,k,n", [((), 5, 3, 3, 2), ((2,), 6, 6, 4, 3),
+                                              ((2, 1), 4, 7, 4, 1)])
+def test_apply_values_and_gradcheck(left, adjoint, batch, m, kk, k, n):
+    A = torch.randn(*batch, m, kk, dtype=f64, requires_grad=True)
+    tau = torch.rand(*batch, k, dtype=f64, requires_grad=True)
+    xs = (m, n) if left else (n, m)
+    X = torch.randn(*batch, *xs, dtype=f64, requires_grad=True)
+    out = dl.householder_apply(A, tau, X, left=left, adjoint=adjoint)
+    ref = householder_apply_reference(A, tau, X, left=left, adjoint=adjoint)
+    torch.testing.assert_close(out, ref, **TOL[f64])
+    if m <= kk and not batch:
+        torch.testing.assert_close(out, torch.ormqr(A, tau, X, left=left, transpose=adjoint),
+                                   **TOL[f64])
+
+    def fn(A, tau, X):
+        return dl.householder_apply(A, tau, X, left=left, adjoint=adjoint)
+
+    assert gradcheck(fn, (A, tau, X), check_forward_ad=True, check_batched_grad=True)
+    assert gradgradcheck(fn, (A, tau, X))
+    assert gradcheck(lambda A, X: dl.householder_apply(A, None, X, left=left,
+                                                       adjoint=adjoint), (A, X))
+
+
+def test_apply_broadcasts_one_transform_over_a_batch():
+    A = torch.randn(6, 6, dtype=f64, requires_grad=True)
+    X = torch.randn(4, 6, 3, dtype=f64, requires_grad=True)
+    out = dl.householder_apply(A, None, X)
+    Q = dl.householder_product(A)
+    torch.testing.assert_close(out, Q @ X, **TOL[f64])
+    assert gradcheck(lambda A, X: dl.householder_apply(A, None, X), (A, X))
+
+
+def test_apply_inverse_roundtrip():
+    A = torch.randn(8, 5, dtype=f64)
+    X = torch.randn(8, 3, dtype=f64)
+    Y = dl.householder_apply(A, None, X)
+    torch.testing.assert_close(dl.householder_apply(A, None, Y, adjoint=True), X, **TOL[f64])
+
+
+# ------------------------------------------------------------------- torch.func support
+
+
+def test_vmap_jacrev_jvp():
+    A = torch.randn(4, 6, 3, dtype=f64)
+    out = torch.func.vmap(dl.householder_product)(A)
+    torch.testing.assert_close(out, dl.householder_product(A), **TOL[f64])
+    tau = torch.rand(4, 3, dtype=f64)
+    out = torch.func.vmap(dl.householder_product)(A, tau)
+    torch.testing.assert_close(out, torch.linalg.householder_product(A, tau), **TOL[f64])
+
+    J = torch.func.jacrev(dl.householder_product)(A[0])
+    Jr = torch.func.jacrev(householder_product_reference)(A[0])
+    torch.testing.assert_close(J, Jr, **TOL[f64])
+
+    dA = torch.randn_like(A[0])
+    _, t = torch.func.jvp(dl.householder_product, (A[0],), (dA,))
+    _, tr = torch.func.jvp(householder_product_reference, (A[0],), (dA,))
+    torch.testing.assert_close(t, tr, **TOL[f64])
+
+    X = torch.randn(4, 6, 2, dtype=f64)
+    out = torch.func.vmap(lambda a, x: dl.householder_apply(a, None, x))(A, X)
+    torch.testing.assert_close(out, dl.householder_apply(A, None, X), **TOL[f64])
+
+
+# ----------------------------------------------------------- torch-householder drop-in
+# The same checks as that package's CPU test cases (2-D and 3-D, with and without tau,
+# float32 against a float64 reference of the same function), written for our own API.
+
+
+def _hh_param(d, r, b=None):
+    shape = (d, r) if b is None else (b, d, r)
+    return torch.randn(*shape).tril(-1) + torch.eye(d, r)
+
+
+def _hh_tau(param):
+    return 2 / (param * param).sum(-2).clamp_min(1e-12)
+
+
+def _check_orgqr_tau(param, eps_out=1e-5, eps_grad_param=1e-4, eps_grad_tau=5e-4):
+    d, r = param.shape[-2:]
+    p32 = param.clone().requires_grad_()
+    t32 = _hh_tau(param).requires_grad_()
+    p64 = param.double().requires_grad_()
+    t64 = t32.detach().double().requires_grad_()
+    eye = torch.eye(d, r).expand(param.shape)
+    out_ref = householder_orgqr_reference(p64, t64)
+    out_ref.sum().backward()
+    out = dl.householder_orgqr(p32, t32, eye=eye)
+    out.sum().backward()
+    assert (out_ref.mT @ out_ref - torch.eye(r, dtype=f64)).abs().max() < eps_out
+    assert (out.double() - out_ref).abs().max() < eps_out
+    if param.dim() == 2:
+        lapack = torch.linalg.householder_product(param, t32.detach())
+        assert (lapack.double() - out_ref).abs().max() < eps_out
+    assert (p32.grad.double() - p64.grad).abs().max() < eps_grad_param
+    assert (t32.grad.double() - t64.grad).abs().max() < eps_grad_tau
+
+
+def test_orgqr_2d_tau_small_shapes():
+    for d in list(range(1, 12)) + [31, 64, 97]:
+        for r in range(1, min(d, 10) + 1):
+            _check_orgqr_tau(_hh_param(d, r))
+
+
+def test_orgqr_3d_tau_batched_shapes():
+    for b in (1, 11):
+        for d in range(10, 100, 16):
+            for r in (1, 4, 9):
+                _check_orgqr_tau(_hh_param(d, r, b))
+
+
+@pytest.mark.slow
+def test_orgqr_2d_tau_all_shapes_of_torch_householder_suite():
+    for d in range(1, 101):
+        for r in range(1, min(d, 10) + 1):
+            _check_orgqr_tau(_hh_param(d, r))
+
+
+@pytest.mark.slow
+def test_orgqr_3d_tau_all_shapes_of_torch_householder_suite():
+    for b in (1, 2, 4, 8, 11, 16):
+        for d in range(10, 100, 4):
+            for r in range(1, 10):
+                _check_orgqr_tau(_hh_param(d, r, b))
+
+
+@pytest.mark.parametrize("b", [None, 2])
+@pytest.mark.parametrize("d,r", [(64, 32), (257, 128)])
+def test_orgqr_notau_equals_tau(b, d, r):
+    base = _hh_param(d, r, b)
+    p1 = base.clone().requires_grad_()
+    out1 = dl.householder_orgqr(p1, _hh_tau(p1))
+    out1.sum().backward()
+    p2 = base.clone().requires_grad_()
+    out2 = dl.householder_orgqr(p2)
+    out2.sum().backward()
+    assert (out1 - out2).abs().max() < 1e-5
+    assert (p1.grad - p2.grad).abs().max() < 1e-4
+
+
+def test_orgqr_whole_columns_and_general_tau_gradcheck():
+    P = torch.randn(2, 6, 4, dtype=f64, requires_grad=True)
+    tau = torch.rand(2, 4, dtype=f64, requires_grad=True)
+    E = torch.randn(2, 6, 4, dtype=f64, requires_grad=True)
+    torch.testing.assert_close(dl.householder_orgqr(P, tau, E),
+                               householder_orgqr_reference(P, tau, E), **TOL[f64])
+    assert gradcheck(dl.householder_orgqr, (P, tau, E), check_forward_ad=True)
+    assert gradcheck(lambda P: dl.householder_orgqr(P), (P,), check_forward_ad=True)
+    assert gradgradcheck(lambda P, t: dl.householder_orgqr(P, t), (P, tau))
+
+
+def test_orgqr_recommended_input_equals_product():
+    d, r = 9, 4
+    param = torch.randn(d, r, dtype=f64).tril(-1) + torch.eye(d, r, dtype=f64)
+    torch.testing.assert_close(dl.householder_orgqr(param), dl.householder_product(param),
+                               **TOL[f64])
+
+
+def test_orgqr_zero_column_is_identity_with_zero_gradient():
+    P = torch.randn(5, 3, dtype=f64)
+    P[:, 1] = 0
+    P.requires_grad_()
+    out = dl.householder_orgqr(P)
+    # H_2 = I: the result is H_1 H_3 E
+    keep = P.detach()[:, [0, 2]]
+    tau = 2 / (keep * keep).sum(0)
+    v = keep
+    e = torch.eye(5, 3, dtype=f64)
+    expected = e - tau[1] * v[:, 1:2] @ (v[:, 1:2].T @ e)
+    expected = expected - tau[0] * v[:, 0:1] @ (v[:, 0:1].T @ expected)
+    torch.testing.assert_close(out, expected, **TOL[f64])
+    out.sum().backward()
+    assert torch.isfinite(P.grad).all()
+    assert torch.equal(P.grad[:, 1], torch.zeros(5, dtype=f64))
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+def test_errors_name_op_and_argument():
+    A = torch.randn(3, 5)
+    with pytest.raises(ValueError, match=r"^householder_product: .*m >= n.*A.shape=\(3, 5\)"):
+        dl.householder_product(A)
+    A = torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"^householder_product: .*tau.shape=\(5,\)"):
+        dl.householder_product(A, torch.rand(5))
+    with pytest.raises(ValueError, match=r"^householder_product: .*batch"):
+        dl.householder_product(torch.randn(2, 6, 4), torch.rand(3, 4))
+    with pytest.raises(TypeError, match=r"^householder_product: .*dtype=int64"):
+        dl.householder_product(torch.ones(4, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"^householder_product: complex"):
+        dl.householder_product(torch.randn(4, 3, dtype=torch.complex64))
+    with pytest.raises(TypeError, match=r"^householder_product: .*same dtype"):
+        dl.householder_product(torch.randn(4, 3), torch.rand(3, dtype=f64))
+    with pytest.raises(TypeError, match=r"^householder_product: expected A to be a torch"):
+        dl.householder_product([[1.0]])
+    with pytest.raises(ValueError, match=r"^householder_product: .*at least 2 dim"):
+        dl.householder_product(torch.randn(4))
+    bad = torch.randn(5, 3)
+    bad[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^householder_product: expected finite"):
+        dl.householder_product(bad, check=True)
+    with pytest.raises(ValueError, match=r"^householder_orgqr: .*d >= r"):
+        dl.householder_orgqr(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"^householder_orgqr: expected eye"):
+        dl.householder_orgqr(torch.randn(4, 3), eye=torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"^householder_apply: .*X.shape\[-2\] == A.shape"):
+        dl.householder_apply(torch.randn(5, 3), None, torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"^householder_apply: .*broadcastable"):
+        dl.householder_apply(torch.randn(2, 5, 3), None, torch.randn(3, 5, 2))
+
+
+def test_error_messages_do_not_print_values():
+    A = torch.full((3, 5), 123.456)
+    with pytest.raises(ValueError) as info:
+        dl.householder_product(A)
+    assert "123" not in str(info.value)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA device not available")
+    A = torch.randn(3, 64, 16, dtype=f64, requires_grad=True)
+    Ac = A.detach().cuda().requires_grad_()
+    out, outc = dl.householder_product(A), dl.householder_product(Ac)
+    torch.testing.assert_close(outc.cpu(), out, **TOL[f64])
+    out.sum().backward()
+    outc.sum().backward()
+    torch.testing.assert_close(Ac.grad.cpu(), A.grad, **TOL[f64])
