@@ -388,3 +388,21 @@ def test_cuda_matches_cpu():
     out.sum().backward()
     outc.sum().backward()
     torch.testing.assert_close(Ac.grad.cpu(), A.grad, **TOL[f64])
+
+
+@pytest.mark.parametrize("m,n,k", [(300, 260, 200), (256, 256, 256), (400, 200, None)])
+def test_large_k_gradients_match_torch(m, n, k):
+    """Large k takes the triangular-aware products of the backward."""
+    A = torch.randn(m, n, dtype=f64, requires_grad=True)
+    if k is None:
+        tau = None
+    else:  # close to exact reflections, so that the product stays well scaled
+        scale = torch.empty(k, dtype=f64).uniform_(0.9, 1.1)
+        tau = (exact_tau(A.detach())[:k] * scale).requires_grad_()
+    G = torch.randn(m, n, dtype=f64)
+    ins = (A,) if tau is None else (A, tau)
+    ours = torch.autograd.grad((dl.householder_product(A, tau) * G).sum(), ins)
+    t = exact_tau(A) if tau is None else tau
+    theirs = torch.autograd.grad((torch.linalg.householder_product(A, t) * G).sum(), ins)
+    for x, y in zip(ours, theirs):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)

@@ -23,11 +23,23 @@ from typing import Any
 
 import torch
 
+from . import _triangular as tri
 from ._autograd import no_tf32
 
 # Forward backend for the orgqr case on CPU: "auto" picks LAPACK's orgqr where it is the
 # faster one (see _use_lapack_forward), "cwy" always uses the compact-WY product here.
 FORWARD_BACKEND = "auto"
+
+
+def _structured_block(k: int, unit_lower: bool) -> int:
+    """Block width for the triangular-aware products of the backward; 0 = plain matmul.
+
+    Worth it once k is large: the products with V, V^T and the triangular factors then
+    cost about half (the square 1024 x 1024 backward goes from ~12 n^3 to ~7 n^3 flops).
+    """
+    if not unit_lower or k < 192:
+        return 0
+    return max(64, -(-k // 8))
 
 
 def _build_v(v_in: torch.Tensor, k: int, unit_lower: bool) -> torch.Tensor:
@@ -44,21 +56,24 @@ def _exact_tau(v: torch.Tensor, eps: float, unit_lower: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """tau = 2 / ||v||^2 with the norm clamped below by ``eps``; returns (tau, active).
 
-    For unit-lower reflectors ``||v||^2 = 1 + ||a||^2`` is summed as written (small terms
-    first), and float32 sums are accumulated in float64 (O(mk) work): the orthogonality of a
-    float32 product near the identity is limited by how exactly tau * ||v||^2 = 2 holds.
+    float32 norms are accumulated in float64 (O(mk) work): the orthogonality of a float32
+    product near the identity is limited by how exactly tau * ||v||^2 = 2 holds, and
+    ``1 + ||a||^2`` summed in float32 loses the small ||a||^2 (3-7x worse than LAPACK at
+    parameter scale 1e-3 without this).
     """
     acc = torch.float64 if v.dtype == torch.float32 else v.dtype
-    if unit_lower:
-        a = v.tril(-1).to(acc)
-        sq = 1.0 + (a * a).sum(-2)
-    else:
-        w = v.to(acc)
-        sq = (w * w).sum(-2)
+    sq = torch.linalg.vector_norm(v, dim=-2, dtype=acc).square()
     floor = eps * eps
     active = sq > floor
     tau = (2.0 / sq.clamp_min(floor)).to(v.dtype)
     return tau, active
+
+
+def _exact_tau_unit_lower(a: torch.Tensor) -> torch.Tensor:
+    """tau = 2 / (1 + ||a_j||^2) from the strictly-lower part, without forming V."""
+    acc = torch.float64 if a.dtype == torch.float32 else a.dtype
+    sq = torch.linalg.vector_norm(a.tril(-1), dim=-2, dtype=acc).square()
+    return (2.0 / (1.0 + sq)).to(a.dtype)
 
 
 def _s_matrix(v: torch.Tensor) -> torch.Tensor:
@@ -108,12 +123,10 @@ def _use_lapack_forward(v_in: torch.Tensor, x: torch.Tensor | None, unit_lower: 
         return False
     if v_in.device.type != "cpu":
         return False
-    m, n = v_in.shape[-2], v_in.shape[-1]
-    batch = v_in.numel() // max(m * n, 1)
-    # LAPACK's blocked orgqr does the optimal 2mn^2 - 2n^3/3 flops but loops over the batch in
-    # C++; the CWY product runs the batch as one bmm. Measured on 2 cores (bench suite):
-    # orgqr wins for single, large, square-ish matrices.
-    return batch == 1 and n >= 256 and m <= 4 * n
+    # LAPACK's blocked orgqr does the optimal 2mn^2 - 2n^3/3 flops with one call per matrix;
+    # measured on 2 cores it is at least as fast as the CWY sweep at every benchmarked shape,
+    # batched ones included, so the CPU forward uses it (the backward is always ours).
+    return True
 
 
 def block_size(m: int, k: int) -> int:
@@ -136,13 +149,28 @@ def blocked_apply(v: torch.Tensor, tau: torch.Tensor, x: torch.Tensor | None, n_
     Q not transposed) it also leaves columns < j0 untouched, since they are still e_c.
     """
     k = v.shape[-1]
-    if x is None:
+    starts = list(range(0, k, nb))
+    order = starts if transpose else starts[::-1]
+    if x is None and not transpose:
+        # orgqr: the first block applied (the last one) meets the identity, so V_b^T E is a
+        # slice and Y starts as E - V_b C_b with no product against E.
+        j0 = order.pop(0)
+        vb, tb = v[..., j0:, j0:], tau[..., j0:]
+        cb = _t_apply(_n_matrix(_s_matrix(vb), tb), tb, vb[..., :n_cols - j0, :].mT,
+                      transpose=False, adjoint=False)
+        corner = torch.matmul(vb, cb).neg_()
+        corner.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        if j0 == 0:
+            return corner
+        y = torch.zeros_like(v[..., :1]).expand(*v.shape[:-1], n_cols).clone()
+        y.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        y[..., j0:, j0:] = corner
+    elif x is None:
         y = torch.zeros_like(v[..., :1]).expand(*v.shape[:-1], n_cols).clone()
         y.diagonal(dim1=-2, dim2=-1).add_(1.0)
     else:
         y = x.clone(memory_format=torch.contiguous_format)
-    starts = list(range(0, k, nb))
-    for j0 in (starts if transpose else reversed(starts)):
+    for j0 in order:
         j1 = min(j0 + nb, k)
         r0 = j0 if unit_lower else 0
         c0 = j0 if (x is None and not transpose) else 0
@@ -173,7 +201,7 @@ class HouseholderApply(torch.autograd.Function):
         with no_tf32(v_in):
             if _use_lapack_forward(v_in, x, unit_lower, transpose):
                 if tau is None:
-                    tau, _ = _exact_tau(_build_v(v_in, k, unit_lower), eps, unit_lower)
+                    tau = _exact_tau_unit_lower(v_in[..., :k])
                 return torch.linalg.householder_product(v_in, tau)
             v = _build_v(v_in, k, unit_lower)
             if tau is None:
@@ -194,58 +222,69 @@ class HouseholderApply(torch.autograd.Function):
     # B = V^T G, Z = T'^T B:
     #   dL/dX  = G - V Z                              (= Q'^T G)
     #   dL/dV  = -(G C^T + X Z^T)  +  V-through-T term
-    #   dL/dT' = -B A^T   (dL/dT = its transpose when T' = T^T)
-    # T depends on (V, tau) through T^{-1} = D^{-1} + striu(V^T V) (tau != 0). With
+    #   dL/dT' = -B A^T   (dL/dT = -A B^T when T' = T^T)
+    # T depends on (V, tau) through T^{-1} = D^{-1} + S, S = striu(V^T V) (tau != 0). With
     # dT = -T d(T^{-1}) T and T = N^{-1} D = D N'^{-1} (N = I + D S, N' = I + S D), the
     # adjoint K = T^T gT T^T = D M D with M = N^{-T} gT N'^{-T} gives
     #   dL/dtau_j = M_jj                               (the D^{-2} of d(T^{-1}) cancels)
     #   dL/dV    += -V (P + P^T),  P = striu(D M D)
-    # which has no 1/tau and is continuous at tau = 0. For tau=None (exact reflections)
-    # tau = 2 / ||v||^2 adds dL/dv_j += -tau_j^2 (dL/dtau_j) v_j. Nothing per reflector is
-    # stored: V is rebuilt from the caller's tensor, N = I + D striu(V^T V) is recomputed
-    # (2 m k^2 flops), A and C (k x n) are recomputed. Under create_graph the same lines run
-    # under autograd, which gives the double backward.
+    # which has no 1/tau and is continuous at tau = 0. Two triangular solves serve all of
+    # C, Z and M: for T' = T, R_b = N^{-T} B and R_a = N'^{-1} A give Z = D R_b, C = D R_a and
+    # M = -R_b R_a^T; for T' = T^T, R_a = N^{-T} A, R_b = N'^{-1} B give C = D R_a,
+    # Z = D R_b, M = -R_a R_b^T. For tau=None (exact reflections) tau = 2 / ||v||^2 adds
+    # dL/dv_j += -tau_j^2 (dL/dtau_j) v_j. Nothing per reflector is stored: V is rebuilt
+    # from the caller's tensor and S (2 m k^2 flops) is recomputed. Under create_graph the
+    # same lines run under autograd, which gives the double backward.
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor | None):
         v_in, tau_in, x = ctx.saved_tensors
         k, n_cols, transpose = ctx.k, ctx.n_cols, ctx.transpose
         if grad_y is None:
             return (None,) * 8
-        need_v, need_tau, need_x = ctx.needs_input_grad[0], ctx.needs_input_grad[1], \
-            ctx.needs_input_grad[2]
+        need_v, need_tau, need_x = ctx.needs_input_grad[:3]
+        grad_x = grad_v_in = grad_tau = None
         with no_tf32(v_in):
             v = _build_v(v_in, k, ctx.unit_lower)
             if tau_in is None:
                 tau, active = _exact_tau(v, ctx.eps, ctx.unit_lower)
             else:
                 tau, active = tau_in, None
-            s = _s_matrix(v)
-            n = _n_matrix(s, tau)
+            nb = _structured_block(k, ctx.unit_lower)
+            # orgqr (X = E, Q not transposed): A = V[:n]^T and R_a are upper trapezoidal
+            tri_a = bool(nb) and x is None and not transpose
+            s = tri.gram_strict_upper(v, nb) if nb else _s_matrix(v)
             g = grad_y
-            b = v.mT @ g
-            grad_x = grad_v_in = grad_tau = None
-            z = _t_apply(n, tau, b, transpose=transpose, adjoint=True)
+            b = tri.mm_upper_left(v.mT, g, nb) if nb else v.mT @ g
+            d = tau.unsqueeze(-1)
+            need_vt = need_v or (need_tau and tau_in is not None)
+            if transpose:
+                r_b = _solve_n(_n_matrix(s, tau, right=True), b, transpose=False)
+            else:
+                r_b = _solve_n(_n_matrix(s, tau), b, transpose=True)
+            z = d * r_b
             if need_x and x is not None:
                 grad_x = g - v @ z
-            if need_v or need_tau:
+            if need_vt:
                 a = _vt_x(v, x, n_cols)
-                c = _t_apply(n, tau, a, transpose=transpose, adjoint=False)
-                g_t = -(b @ a.mT)
                 if transpose:
-                    g_t = g_t.mT
-                # M = N^{-T} gT N'^{-T}, N' = I + striu(V^T V) D.
-                n_right = _n_matrix(s, tau, right=True)
-                m_mat = _solve_n(n_right, _solve_n(n, g_t, transpose=True).mT,
-                                 transpose=False).mT
+                    r_a = _solve_n(_n_matrix(s, tau), a, transpose=True)
+                    m_mat = -(r_a @ r_b.mT)
+                else:
+                    r_a = _solve_n(_n_matrix(s, tau, right=True), a, transpose=False)
+                    m_mat = -(tri.mm_lower_right(r_b, r_a.mT, nb) if tri_a else r_b @ r_a.mT)
+                c = d * r_a
                 g_tau = m_mat.diagonal(dim1=-2, dim2=-1)
-                p = (tau.unsqueeze(-1) * m_mat * tau.unsqueeze(-2)).triu(1)
-                if need_v or tau_in is None:
-                    gv = -(g @ c.mT) - v @ (p + p.mT)
+                if need_v:
+                    p = (d * m_mat * tau.unsqueeze(-2)).triu(1)
+                    p = p + p.mT
+                    gv = tri.mm_lower_right(g, c.mT, nb) if tri_a else g @ c.mT
+                    gv = gv + (tri.mm_lower_left(v, p, nb) if nb else v @ p)
                     if x is None:
                         # X Z^T with X = E (m x n): Z^T in the first n rows
-                        gv = gv - torch.nn.functional.pad(z.mT, (0, 0, 0, gv.shape[-2] - n_cols))
+                        gv = gv + torch.nn.functional.pad(z.mT, (0, 0, 0, gv.shape[-2] - n_cols))
                     else:
-                        gv = gv - x @ z.mT
+                        gv = gv + x @ z.mT
+                    gv = -gv
                     if tau_in is None:
                         coef = -(tau * tau) * g_tau * active.to(tau.dtype)
                         gv = gv + v * coef.unsqueeze(-2)

@@ -169,7 +169,8 @@ class HouseholderOrthogonal(torch.nn.Module):
         A, tau = torch.geqrf(M)
         skipped = tau == 0
         flip = (A.diagonal(dim1=-2, dim2=-1) < 0) ^ skipped
-        self.signs.copy_(1.0 - 2.0 * flip.to(W.dtype))
+        # a new tensor, not copy_: a graph built with the old signs stays valid
+        self.signs = 1.0 - 2.0 * flip.to(W.dtype)
         return A.tril(-1).masked_fill_(skipped.unsqueeze(-2), 0.0)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,67 @@
+"""Products with triangular (trapezoidal) factors that skip the zero blocks (private).
+
+torch has no trmm/syrk, so a product with a triangular factor costs a full GEMM. Splitting
+the triangular factor into ``nb``-wide blocks and multiplying only the non-zero part of each
+block costs about half (``1/2 + 1/(2p)`` for ``p`` blocks) while every piece stays a large
+GEMM. Used by the Householder backward when the number of reflectors is large.
+
+Conventions: "lower trapezoidal" ``L`` (*, r, c) has ``L[i, j] = 0`` for ``i < j``; "upper
+trapezoidal" ``U`` (*, r, c) has ``U[i, j] = 0`` for ``j < i``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _starts(n: int, nb: int) -> list[int]:
+    return list(range(0, n, nb))
+
+
+def mm_lower_right(x: torch.Tensor, low: torch.Tensor, nb: int) -> torch.Tensor:
+    """``x @ low`` for lower-trapezoidal ``low`` (*, n, k): column block J reads rows j0:."""
+    n, k = low.shape[-2], low.shape[-1]
+    cols = []
+    for j0 in _starts(k, nb):
+        j1 = min(j0 + nb, k)
+        cols.append(x[..., :, j0:n] @ low[..., j0:n, j0:j1])
+    return torch.cat(cols, dim=-1)
+
+
+def mm_upper_left(up: torch.Tensor, y: torch.Tensor, nb: int) -> torch.Tensor:
+    """``up @ y`` for upper-trapezoidal ``up`` (*, k, m): row block I reads columns i0:."""
+    k = up.shape[-2]
+    rows = []
+    for i0 in _starts(k, nb):
+        i1 = min(i0 + nb, k)
+        rows.append(up[..., i0:i1, i0:] @ y[..., i0:, :])
+    return torch.cat(rows, dim=-2)
+
+
+def mm_lower_left(low: torch.Tensor, w: torch.Tensor, nb: int) -> torch.Tensor:
+    """``low @ w`` for lower-trapezoidal ``low`` (*, m, k): row block I reads columns :i1."""
+    m, k = low.shape[-2], low.shape[-1]
+    rows = []
+    for i0 in _starts(min(m, k), nb):
+        i1 = min(i0 + nb, k)
+        rows.append(low[..., i0:i1, :i1] @ w[..., :i1, :])
+    if m > k:
+        rows.append(low[..., k:, :] @ w)
+    return torch.cat(rows, dim=-2)
+
+
+def gram_strict_upper(v: torch.Tensor, nb: int) -> torch.Tensor:
+    """``striu(v^T v)`` for lower-trapezoidal ``v`` (*, m, k).
+
+    Column block J of the upper part is ``v[j0:, :j1]^T v[j0:, J]`` (rows above j0 of
+    ``v[:, J]`` are zero): about ``m k^2`` flops instead of ``2 m k^2``.
+    """
+    k = v.shape[-1]
+    cols = []
+    for j0 in _starts(k, nb):
+        j1 = min(j0 + nb, k)
+        blk = v[..., j0:, :j1].mT @ v[..., j0:, j0:j1]
+        if j1 < k:
+            blk = torch.nn.functional.pad(blk, (0, 0, 0, k - j1))
+        cols.append(blk)
+    return torch.cat(cols, dim=-1).triu(1)

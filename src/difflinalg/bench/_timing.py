@@ -1,0 +1,237 @@
+"""Measuring a differentiable callable, and running each case in a fresh process.
+
+Three layers, each usable on its own by any suite:
+
+* :func:`measure` - ``torch.utils.benchmark.Timer(...).blocked_autorange()``: median and
+  inter-quartile range of a callable. A call slower than ``min_run_time`` is measured once
+  after one untimed call (that is what ``blocked_autorange`` does); nothing here reads a
+  clock around a call to report it.
+* :func:`profile_differentiable` - the protocol every suite follows for one method on one
+  input: warm up once (keeping that output and gradient for the accuracy checks, which the
+  suite computes after timing), time the forward, time forward+backward while
+  :class:`~difflinalg.bench._memory.PeakMemory` watches. A stage that would not fit in what
+  is left of the case's time budget is skipped and says so, instead of being killed half way.
+* :class:`IsolatedRunner` - runs ``target(spec, report)`` in a fresh process (forked from a
+  server that has imported torch once, so a case starts in milliseconds) under a timeout.
+  Whatever the target reported before an exception, a timeout or a crash (an out-of-memory
+  kill) is kept, and the failure comes back as a message, never as an exception.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.benchmark import Timer
+
+from ._memory import PeakMemory
+
+__all__ = ["Budget", "IsolatedRunner", "measure", "profile_differentiable"]
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def measure(fn: Callable[[], object], *, min_run_time: float, num_threads: int
+            ) -> dict[str, float | int]:
+    """Median and spread of ``fn()`` from ``Timer.blocked_autorange``.
+
+    Returns:
+        ``{"median_s", "iqr_s", "blocks", "calls_per_block"}``; ``blocks == 1`` means a single
+        measured block (slow call), whose ``iqr_s`` is 0.
+    """
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return {"median_s": float(m.median), "iqr_s": float(m.iqr), "blocks": len(m.raw_times),
+            "calls_per_block": int(m.number_per_run)}
+
+
+class Budget:
+    """Seconds left for one case; used only to decide whether a stage still fits."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._start = time.monotonic()
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self._start)
+
+    def skip_reason(self, estimate: float) -> str | None:
+        """None if a stage estimated to take ``estimate`` seconds fits, else why not."""
+        left = self.left()
+        if estimate <= left:
+            return None
+        return f"needs about {estimate:.0f} s, {max(left, 0.0):.0f} s left of the time budget"
+
+
+def _timed_cost(call_seconds: float, min_run_time: float) -> float:
+    """What ``blocked_autorange`` costs for a call of ``call_seconds`` (generous)."""
+    return 2.0 * call_seconds + 2.5 * min_run_time
+
+
+def profile_differentiable(forward: Callable[[torch.Tensor], torch.Tensor],
+                           param: torch.Tensor, cotangent: torch.Tensor, *,
+                           min_run_time: float, num_threads: int, memory: bool,
+                           budget: Budget, report: Report
+                           ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, float]:
+    """Warm-up, forward timing, forward+backward timing and peak memory of one method.
+
+    The loss is ``(forward(param) * cotangent).sum()`` and the backward is
+    ``torch.autograd.grad`` w.r.t. ``param`` (a leaf with ``requires_grad``). The forward is
+    timed with autograd recording, as in training.
+
+    Args:
+        forward: the method, ``param -> output``; ``output`` has the shape of ``cotangent``.
+        param: the leaf tensor the method is differentiated with respect to.
+        cotangent: fixed incoming gradient of the output.
+        min_run_time: ``blocked_autorange`` minimum run time per measurement.
+        num_threads: torch threads inside the timer.
+        memory: measure the peak extra resident memory of forward+backward.
+        budget: time left for the case; a stage that does not fit is skipped.
+        report: called with partial results after each stage.
+
+    Returns:
+        ``(entry, output, grad, call_seconds)``: ``entry`` has ``fwd``, ``fwd_bwd`` (see
+        :func:`measure`), ``peak_extra_bytes`` and ``skipped`` (stage -> reason); ``output``
+        and ``grad`` come from the warm-up call (detached), ``call_seconds`` is the warm-up's
+        wall time, for budgeting later stages only.
+    """
+    entry: dict[str, Any] = {"skipped": {}}
+
+    def fwd_bwd() -> torch.Tensor:
+        (grad,) = torch.autograd.grad((forward(param) * cotangent).sum(), param)
+        return grad
+
+    report({"stage": "warm-up"})
+    t0 = time.monotonic()
+    out = forward(param)
+    t1 = time.monotonic()
+    (grad,) = torch.autograd.grad((out * cotangent).sum(), param)
+    t2 = time.monotonic()
+    out = out.detach()
+    fwd_seconds, call_seconds = t1 - t0, t2 - t0
+
+    report({"stage": "forward timing"})
+    reason = budget.skip_reason(_timed_cost(fwd_seconds, min_run_time))
+    if reason is None:
+        entry["fwd"] = measure(lambda: forward(param), min_run_time=min_run_time,
+                               num_threads=num_threads)
+    else:
+        entry["skipped"]["fwd"] = reason
+    report({"fwd": entry.get("fwd"), "skipped": entry["skipped"]})
+
+    report({"stage": "forward+backward timing"})
+    reason = budget.skip_reason(_timed_cost(call_seconds, min_run_time))
+    if reason is None:
+        with PeakMemory(enabled=memory) as mem:
+            entry["fwd_bwd"] = measure(fwd_bwd, min_run_time=min_run_time,
+                                       num_threads=num_threads)
+        entry["peak_extra_bytes"] = mem.peak_extra_bytes
+        if mem.peak_extra_bytes is None and memory:
+            entry["skipped"]["memory"] = mem.reason
+    else:
+        entry["skipped"]["fwd_bwd"] = reason
+    report({k: entry.get(k) for k in ("fwd_bwd", "peak_extra_bytes", "skipped")})
+    return entry, out, grad, call_seconds
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """``Type: first line of the message`` (C++ errors append pages of context)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    if len(first) > 300:
+        first = first[:297] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _child_main(target: Callable[[dict[str, Any], Report], None], spec: dict[str, Any],
+                conn: Any) -> None:
+    try:
+        target(spec, conn.send)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a message
+        conn.send({"__error__": _describe_exception(exc)})
+    finally:
+        conn.send({"__done__": True})
+        conn.close()
+
+
+def _exit_message(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "worker did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    return f"worker exited with code {exitcode} before reporting"
+
+
+class IsolatedRunner:
+    """Run cases in fresh processes with a timeout; a failure is a message, not a crash.
+
+    Processes are forked from a ``multiprocessing`` fork server that has imported
+    ``preload`` once (spawned instead where fork servers do not exist). A case sees no state
+    of earlier cases and its memory high-water mark is its own.
+
+    Args:
+        preload: modules the fork server imports up front (e.g. ``("torch", "difflinalg")``).
+    """
+
+    def __init__(self, preload: Sequence[str] = ("torch",)) -> None:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            self._ctx = multiprocessing.get_context("forkserver")
+            self._ctx.set_forkserver_preload(list(preload))
+        else:
+            self._ctx = multiprocessing.get_context("spawn")
+
+    def run(self, target: Callable[[dict[str, Any], Report], None], spec: dict[str, Any],
+            timeout: float) -> tuple[dict[str, Any], str | None]:
+        """Run ``target(spec, report)`` in a fresh process for at most ``timeout`` seconds.
+
+        ``target`` must be a module-level function; ``report(dict)`` sends partial results,
+        which are merged (later keys win) into the returned dict.
+
+        Returns:
+            ``(results, error)``: ``error`` is None on success, else the exception
+            (``"Type: message"``), ``"timeout after N s"`` or how the process died.
+        """
+        receiver, sender = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_child_main, args=(target, spec, sender), daemon=True)
+        proc.start()
+        sender.close()
+        deadline = time.monotonic() + timeout
+        results: dict[str, Any] = {}
+        error: str | None = None
+        finished = False
+        try:
+            while not finished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stage = results.get("stage")
+                    error = f"timeout after {timeout:g} s" + (f" in {stage}" if stage else "")
+                    break
+                if not receiver.poll(min(left, 1.0)):
+                    continue
+                try:
+                    message = receiver.recv()
+                except (EOFError, OSError):
+                    proc.join(5.0)
+                    error = _exit_message(proc.exitcode)
+                    break
+                if "__error__" in message:
+                    error = message["__error__"]
+                elif "__done__" in message:
+                    finished = True
+                else:
+                    results.update(message)
+        finally:
+            if proc.is_alive() and not finished:
+                proc.kill()
+            proc.join(10.0)
+            receiver.close()
+        return results, error

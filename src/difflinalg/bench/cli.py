@@ -1,0 +1,71 @@
+"""Command line: ``difflinalg bench list`` and ``difflinalg bench SUITE [options]``.
+
+Installed as the ``difflinalg`` console script; also ``python -m difflinalg.bench.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .suites import load_suites
+
+__all__ = ["build_parser", "int_list", "main", "positive_float"]
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: ``"1,32"`` -> ``(1, 32)``, positive integers only."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 1,32, but got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, but got {text!r}")
+    return values
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, but got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``difflinalg`` parser with one ``bench`` sub-command per registered suite."""
+    parser = argparse.ArgumentParser(
+        prog="difflinalg",
+        description="difflinalg tools. `difflinalg bench --help` lists the benchmarks.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench = commands.add_parser(
+        "bench", help="run a benchmark suite",
+        description="Benchmark difflinalg against the functions it replaces. Each suite "
+                    "writes results.json, results.md and PNG charts into --out.")
+    suites = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    suites.add_parser("list", help="list the benchmark suites",
+                      description="List the benchmark suites.")
+    for name, module in load_suites().items():
+        sub = suites.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.suite == "list":
+        for name, module in load_suites().items():
+            print(f"{name:<16} {module.DESCRIPTION}")
+        return 0
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

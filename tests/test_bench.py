@@ -1,0 +1,161 @@
+"""The benchmark CLI on tiny sweeps: schema, ratios, report files, and failures as rows."""
+
+import argparse
+import json
+import math
+import os
+
+import pytest
+
+from difflinalg.bench import _timing
+from difflinalg.bench.cli import main
+from difflinalg.bench.suites import householder, load_suites
+
+TINY = ["--min-run-time", "0.01", "--threads", "1", "--timeout", "60"]
+PROC_MEMORY = os.access("/proc/self/clear_refs", os.W_OK)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    status = main(["bench", "householder", "--batch", "1", "--d", "8,16", "--r", "4",
+                   "--methods", "ours,torch", "--out", str(out), *TINY])
+    return status, out, json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def failing(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-fail")
+    status = main(["bench", "householder", "--configs", "1x16x4,1x4x8", "--methods",
+                   "ours,torch", "--no-memory", "--out", str(out), *TINY])
+    return status, json.loads((out / "results.json").read_text())
+
+
+def test_sweep_exit_status_and_metadata(sweep):
+    status, _, data = sweep
+    assert status == 0
+    meta = data["metadata"]
+    for key in ("torch", "python", "threads", "blas", "cpu", "device", "git", "preset",
+                "dtype", "date", "methods", "methods_unavailable"):
+        assert key in meta
+    assert meta["threads"] == 1
+    assert meta["dtype"] == "float32"
+    assert meta["methods"] == ["ours", "torch"]
+
+
+def test_sweep_one_row_per_config(sweep):
+    rows = sweep[2]["results"]
+    assert [(r["b"], r["d"], r["r"]) for r in rows] == [(1, 8, 4), (1, 16, 4)]
+    for row in rows:
+        assert row["error"] is None
+        assert set(row["methods"]) == {"ours", "torch"}
+
+
+def test_sweep_ratios_positive_finite(sweep):
+    for row in sweep[2]["results"]:
+        for key in ("speedup_fwd_vs_torch", "speedup_fwd_bwd_vs_torch", "err_ratio_vs_torch",
+                    "grad_err_ratio_vs_torch", "speedup_fwd_vs_best_fwd", "gemm_fraction"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        assert row["best_fwd_method"] == "torch"
+
+
+def test_sweep_timings_and_accuracy(sweep):
+    for row in sweep[2]["results"]:
+        for name, entry in row["methods"].items():
+            for stage in ("fwd", "fwd_bwd"):
+                timing = entry[stage]
+                assert timing["median_s"] > 0 and timing["iqr_s"] >= 0, (name, stage)
+                assert timing["blocks"] >= 1 and timing["calls_per_block"] >= 1
+            assert entry["ortho_err"] < 1e-5
+            assert entry["grad_err"] < 1e-4
+            assert entry["skipped"] == {}
+        assert row["methods"]["ours"]["grad_err_vs_torch64"] < 1e-4
+        assert row["methods"]["torch"]["grad_err_vs_ours64"] < 1e-4
+        assert row["methods"]["torch"]["cross"]["ours64_vs_torch64"] < 1e-10
+
+
+@pytest.mark.skipif(not PROC_MEMORY, reason="needs a writable /proc/self/clear_refs")
+def test_sweep_measures_memory(sweep):
+    for row in sweep[2]["results"]:
+        for entry in row["methods"].values():
+            assert isinstance(entry["peak_extra_bytes"], int)
+            assert entry["peak_extra_bytes"] >= 0
+            assert entry["peak_extra_x_output"] >= 0
+
+
+def test_sweep_writes_report_and_charts(sweep):
+    _, out, _ = sweep
+    md = (out / "results.md").read_text()
+    assert md.startswith("# householder_product benchmark")
+    assert "## b = 1" in md and "## Summary" in md and "speedup_vs_torch.png" in md
+    for name in ("speedup_vs_torch.png", "error_ratio_vs_torch.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "speedup_vs_matrix_exp.png").exists()
+
+
+def test_failing_config_becomes_error_row(failing):
+    status, data = failing
+    assert status == 0
+    good, bad = data["results"]
+    assert (bad["d"], bad["r"]) == (4, 8)
+    assert good["error"] is None and good["speedup_fwd_bwd_vs_torch"] > 0
+    assert bad["error"].startswith("ours: ShapeError: householder_product: ")
+    for entry in bad["methods"].values():
+        assert entry["error"]
+    assert bad["speedup_fwd_bwd_vs_torch"] is None
+
+
+def test_timeout_keeps_partial_results_and_reports():
+    runner = _timing.IsolatedRunner(preload=["torch", "difflinalg"])
+    spec = {"b": 1, "d": 2048, "r": 2048, "method": "torch", "dtype": "float32",
+            "threads": 1, "min_run_time": 0.01, "memory": False, "scale": 1.0, "seed": 0,
+            "budget_s": 100.0}
+    results, error = runner.run(householder._case_worker, spec, timeout=2.0)
+    assert error == "timeout after 2 s in warm-up"
+    assert results["stage"] == "warm-up"
+
+
+def test_exit_messages():
+    assert _timing._exit_message(-9) == "worker killed by SIGKILL (out of memory?)"
+    assert _timing._exit_message(3) == "worker exited with code 3 before reporting"
+
+
+def test_list_and_help(capsys):
+    assert main(["bench", "list"]) == 0
+    assert capsys.readouterr().out.startswith("householder ")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "householder" in capsys.readouterr().out
+
+
+def test_registered_suites_expose_the_interface():
+    for name, module in load_suites().items():
+        assert module.NAME == name
+        assert callable(module.add_arguments) and callable(module.run)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "ours,qr"], "expected methods among ours, torch, torch_householder"),
+    (["--methods", "torch"], "the ratios need 'ours'"),
+    (["--batch", "1,x"], "expected comma-separated integers"),
+    (["--configs", "1x8"], "expected configurations like 1x1024x1024"),
+    (["--timeout", "0"], "expected a positive number"),
+])
+def test_bad_arguments_name_the_choices(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "householder", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_keeps_d_at_least_r():
+    parser = argparse.ArgumentParser()
+    householder.add_arguments(parser)
+    parsed = parser.parse_args(["--batch", "1", "--d", "16,64", "--r", "32,16"])
+    assert householder._sweep(parsed, householder.PRESETS["quick"]) == [
+        (1, 16, 16), (1, 64, 16), (1, 64, 32)]
+    quick = householder._sweep(parser.parse_args([]), householder.PRESETS["quick"])
+    for config in ((1, 1024, 1024), (1, 2048, 64), (1, 256, 32)):
+        assert config in quick
+    assert any(b > 1 for b, _, _ in quick)
