@@ -62,7 +62,7 @@ def _exact_tau(v: torch.Tensor, eps: float, unit_lower: bool
     parameter scale 1e-3 without this).
     """
     acc = torch.float64 if v.dtype == torch.float32 else v.dtype
-    sq = torch.linalg.vector_norm(v, dim=-2, dtype=acc).square()
+    sq = v.square().sum(-2, dtype=acc)
     floor = eps * eps
     active = sq > floor
     tau = (2.0 / sq.clamp_min(floor)).to(v.dtype)
@@ -72,8 +72,8 @@ def _exact_tau(v: torch.Tensor, eps: float, unit_lower: bool
 def _exact_tau_unit_lower(a: torch.Tensor) -> torch.Tensor:
     """tau = 2 / (1 + ||a_j||^2) from the strictly-lower part, without forming V."""
     acc = torch.float64 if a.dtype == torch.float32 else a.dtype
-    sq = torch.linalg.vector_norm(a.tril(-1), dim=-2, dtype=acc).square()
-    return (2.0 / (1.0 + sq)).to(a.dtype)
+    sq = a.tril(-1).square().sum(-2, dtype=acc)
+    return sq.add_(1.0).reciprocal_().mul_(2.0).to(a.dtype)
 
 
 def _s_matrix(v: torch.Tensor) -> torch.Tensor:
@@ -278,16 +278,29 @@ class HouseholderApply(torch.autograd.Function):
                     p = (d * m_mat * tau.unsqueeze(-2)).triu(1)
                     p = p + p.mT
                     gv = tri.mm_lower_right(g, c.mT, nb) if tri_a else g @ c.mT
-                    gv = gv + (tri.mm_lower_left(v, p, nb) if nb else v @ p)
-                    if x is None:
-                        # X Z^T with X = E (m x n): Z^T in the first n rows
-                        gv = gv + torch.nn.functional.pad(z.mT, (0, 0, 0, gv.shape[-2] - n_cols))
-                    else:
-                        gv = gv + x @ z.mT
-                    gv = -gv
+                    coef = None
                     if tau_in is None:
-                        coef = -(tau * tau) * g_tau * active.to(tau.dtype)
-                        gv = gv + v * coef.unsqueeze(-2)
+                        coef = (tau * tau) * g_tau * active.to(tau.dtype)
+                    if torch.is_grad_enabled():  # double backward: stay out of place
+                        gv = gv + (tri.mm_lower_left(v, p, nb) if nb else v @ p)
+                        if x is None:
+                            # X Z^T with X = E (m x n): Z^T in the first n rows
+                            gv = gv + torch.nn.functional.pad(
+                                z.mT, (0, 0, 0, gv.shape[-2] - n_cols))
+                        else:
+                            gv = gv + x @ z.mT
+                        if coef is not None:
+                            gv = gv + v * coef.unsqueeze(-2)
+                        gv = -gv
+                    else:  # the usual case: accumulate in place, no m x k temporaries
+                        _add_product(gv, v, p, nb)
+                        if x is None:
+                            gv[..., :n_cols, :] += z.mT
+                        else:
+                            _add_product(gv, x, z.mT, 0)
+                        if coef is not None:
+                            gv.addcmul_(v, coef.unsqueeze(-2))
+                        gv.neg_()
                     grad_v_in = _scatter_v_grad(gv, v_in, ctx.unit_lower)
                 if need_tau and tau_in is not None:
                     grad_tau = g_tau
@@ -328,10 +341,25 @@ class HouseholderApply(torch.autograd.Function):
         return dy
 
 
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, nb: int) -> None:
+    """out += a @ b in place (out is a fresh contiguous tensor of the backward)."""
+    if nb:
+        out += tri.mm_lower_left(a, b, nb)
+        return
+    batch = out.shape[:-2]
+    if len(batch) == 0:
+        out.addmm_(a, b)
+        return
+    shape_a = batch + a.shape[-2:]
+    shape_b = batch + b.shape[-2:]
+    out.view(-1, *out.shape[-2:]).baddbmm_(a.expand(shape_a).reshape(-1, *a.shape[-2:]),
+                                           b.expand(shape_b).reshape(-1, *b.shape[-2:]))
+
+
 def _scatter_v_grad(gv: torch.Tensor, v_in: torch.Tensor, unit_lower: bool) -> torch.Tensor:
     """Map dL/dV (*, m, k) back onto the caller's (*, m, K) tensor."""
     if unit_lower:
-        gv = gv.tril(-1)
+        gv = gv.tril(-1) if torch.is_grad_enabled() else gv.tril_(-1)
     extra = v_in.shape[-1] - gv.shape[-1]
     if extra:
         pad = gv.new_zeros(*gv.shape[:-1], extra)
