@@ -295,7 +295,7 @@ class HouseholderApply(torch.autograd.Function):
                     else:  # the usual case: accumulate in place, no m x k temporaries
                         _add_product(gv, v, p, nb)
                         if x is None:
-                            gv[..., :n_cols, :] += z.mT
+                            gv.narrow(-2, 0, n_cols).add_(z.mT)
                         else:
                             _add_product(gv, x, z.mT, 0)
                         if coef is not None:

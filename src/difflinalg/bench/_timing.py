@@ -7,10 +7,11 @@ Three layers, each usable on its own by any suite:
   after one untimed call (that is what ``blocked_autorange`` does); nothing here reads a
   clock around a call to report it.
 * :func:`profile_differentiable` - the protocol every suite follows for one method on one
-  input: warm up once (keeping that output and gradient for the accuracy checks, which the
-  suite computes after timing), time the forward, time forward+backward while
-  :class:`~difflinalg.bench._memory.PeakMemory` watches. A stage that would not fit in what
-  is left of the case's time budget is skipped and says so, instead of being killed half way.
+  input: warm up (keeping the first output and gradient for the accuracy checks, which the
+  suite computes after timing), measure the peak memory of one warm forward+backward with
+  :class:`~difflinalg.bench._memory.PeakMemory`, time the forward, time forward+backward. A
+  stage that would not fit in what is left of the case's time budget is skipped and says
+  so, instead of being killed half way.
 * :class:`IsolatedRunner` - runs ``target(spec, report)`` in a fresh process (forked from a
   server that has imported torch once, so a case starts in milliseconds) under a timeout.
   Whatever the target reported before an exception, a timeout or a crash (an out-of-memory
@@ -20,6 +21,7 @@ Three layers, each usable on its own by any suite:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -30,23 +32,69 @@ from torch.utils.benchmark import Timer
 
 from ._memory import PeakMemory
 
-__all__ = ["Budget", "IsolatedRunner", "measure", "profile_differentiable"]
+__all__ = ["Budget", "IsolatedRunner", "OtherLoad", "measure", "profile_differentiable"]
 
 Report = Callable[[dict[str, Any]], None]
 
 
+class OtherLoad:
+    """Share of the machine's CPU time used by *other* processes during a block (0 to 1).
+
+    System-wide busy time (``/proc/stat``) minus this process's own CPU time (all its
+    threads, ``/proc/self/stat``), over wall time times the number of CPUs. A benchmark
+    sharing the machine with other work reads well above 0; then its timings are suspect.
+    ``fraction`` is None where ``/proc`` cannot be read.
+    """
+
+    def __init__(self) -> None:
+        self.fraction: float | None = None
+        self._start: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = [float(v) for v in stat.readline().split()[1:]]
+            with open("/proc/self/stat") as own:
+                own_fields = own.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+        own_cpu = float(own_fields[11]) + float(own_fields[12])  # utime + stime
+        return time.monotonic(), busy, own_cpu
+
+    def __enter__(self) -> OtherLoad:
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return
+        wall = end[0] - self._start[0]
+        ticks = os.sysconf("SC_CLK_TCK") * wall * (os.cpu_count() or 1)
+        if ticks <= 0 or wall < 0.05:
+            return
+        other = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        self.fraction = min(max(other / ticks, 0.0), 1.0)
+
+
 def measure(fn: Callable[[], object], *, min_run_time: float, num_threads: int
-            ) -> dict[str, float | int]:
+            ) -> dict[str, float | int | None]:
     """Median and spread of ``fn()`` from ``Timer.blocked_autorange``.
 
     Returns:
-        ``{"median_s", "iqr_s", "blocks", "calls_per_block"}``; ``blocks == 1`` means a single
-        measured block (slow call), whose ``iqr_s`` is 0.
+        ``{"median_s", "iqr_s", "blocks", "calls_per_block", "other_load"}``; ``blocks == 1``
+        means a single measured block (slow call), whose ``iqr_s`` is 0; ``other_load`` is
+        :class:`OtherLoad`'s fraction during the measurement (None if unknown).
     """
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
-    m = timer.blocked_autorange(min_run_time=min_run_time)
+    with OtherLoad() as load:
+        m = timer.blocked_autorange(min_run_time=min_run_time)
     return {"median_s": float(m.median), "iqr_s": float(m.iqr), "blocks": len(m.raw_times),
-            "calls_per_block": int(m.number_per_run)}
+            "calls_per_block": int(m.number_per_run),
+            "other_load": None if load.fraction is None else round(load.fraction, 3)}
 
 
 class Budget:
@@ -74,19 +122,29 @@ def _timed_cost(call_seconds: float, min_run_time: float) -> float:
 
 def profile_differentiable(forward: Callable[[torch.Tensor], torch.Tensor],
                            param: torch.Tensor, cotangent: torch.Tensor, *,
+                           small_warmup: Callable[[], object] | None = None,
                            min_run_time: float, num_threads: int, memory: bool,
                            budget: Budget, report: Report
                            ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, float]:
-    """Warm-up, forward timing, forward+backward timing and peak memory of one method.
+    """Warm-up, peak memory, forward timing and forward+backward timing of one method.
 
     The loss is ``(forward(param) * cotangent).sum()`` and the backward is
     ``torch.autograd.grad`` w.r.t. ``param`` (a leaf with ``requires_grad``). The forward is
     timed with autograd recording, as in training.
 
+    Stages: ``small_warmup()`` (the same method on a tiny input, to get one-off
+    initialisation out of the way cheaply); the first full-size forward+backward, whose
+    output and gradient are returned for the accuracy checks and whose wall time budgets the
+    later stages; the peak extra memory of one more forward+backward, now warm - unless that
+    call is slow (over 5% of the time budget), in which case the first call's peak is kept
+    (``peak_memory_call: "first"``: after the small warm-up, one-off allocations add well
+    under a MiB); then :func:`measure` of the forward and of forward+backward.
+
     Args:
         forward: the method, ``param -> output``; ``output`` has the shape of ``cotangent``.
         param: the leaf tensor the method is differentiated with respect to.
         cotangent: fixed incoming gradient of the output.
+        small_warmup: optional cheap call of the same code on a small input.
         min_run_time: ``blocked_autorange`` minimum run time per measurement.
         num_threads: torch threads inside the timer.
         memory: measure the peak extra resident memory of forward+backward.
@@ -95,46 +153,51 @@ def profile_differentiable(forward: Callable[[torch.Tensor], torch.Tensor],
 
     Returns:
         ``(entry, output, grad, call_seconds)``: ``entry`` has ``fwd``, ``fwd_bwd`` (see
-        :func:`measure`), ``peak_extra_bytes`` and ``skipped`` (stage -> reason); ``output``
-        and ``grad`` come from the warm-up call (detached), ``call_seconds`` is the warm-up's
-        wall time, for budgeting later stages only.
+        :func:`measure`), ``peak_extra_bytes``, ``peak_memory_call`` and ``skipped``
+        (stage -> reason); ``output`` and ``grad`` (detached) come from the first full-size
+        call, ``call_seconds`` is its wall time, for budgeting later stages only.
     """
     entry: dict[str, Any] = {"skipped": {}}
+    skipped = entry["skipped"]
 
     def fwd_bwd() -> torch.Tensor:
         (grad,) = torch.autograd.grad((forward(param) * cotangent).sum(), param)
         return grad
 
     report({"stage": "warm-up"})
-    t0 = time.monotonic()
-    out = forward(param)
-    t1 = time.monotonic()
-    (grad,) = torch.autograd.grad((out * cotangent).sum(), param)
-    t2 = time.monotonic()
+    if small_warmup is not None:
+        small_warmup()
+    with PeakMemory(enabled=memory) as first:
+        t0 = time.monotonic()
+        out = forward(param)
+        t1 = time.monotonic()
+        (grad,) = torch.autograd.grad((out * cotangent).sum(), param)
+        t2 = time.monotonic()
     out = out.detach()
     fwd_seconds, call_seconds = t1 - t0, t2 - t0
 
-    report({"stage": "forward timing"})
-    reason = budget.skip_reason(_timed_cost(fwd_seconds, min_run_time))
-    if reason is None:
-        entry["fwd"] = measure(lambda: forward(param), min_run_time=min_run_time,
-                               num_threads=num_threads)
-    else:
-        entry["skipped"]["fwd"] = reason
-    report({"fwd": entry.get("fwd"), "skipped": entry["skipped"]})
+    if memory:
+        report({"stage": "peak memory"})
+        peak, which = first, "first"
+        if call_seconds <= 0.05 * budget.seconds and budget.skip_reason(call_seconds) is None:
+            with PeakMemory() as warm:
+                fwd_bwd()
+            peak, which = warm, "warm"
+        entry["peak_extra_bytes"] = peak.peak_extra_bytes
+        entry["peak_memory_call"] = which
+        if peak.peak_extra_bytes is None:
+            skipped["memory"] = peak.reason
+        report({"peak_extra_bytes": peak.peak_extra_bytes, "peak_memory_call": which})
 
-    report({"stage": "forward+backward timing"})
-    reason = budget.skip_reason(_timed_cost(call_seconds, min_run_time))
-    if reason is None:
-        with PeakMemory(enabled=memory) as mem:
-            entry["fwd_bwd"] = measure(fwd_bwd, min_run_time=min_run_time,
-                                       num_threads=num_threads)
-        entry["peak_extra_bytes"] = mem.peak_extra_bytes
-        if mem.peak_extra_bytes is None and memory:
-            entry["skipped"]["memory"] = mem.reason
-    else:
-        entry["skipped"]["fwd_bwd"] = reason
-    report({k: entry.get(k) for k in ("fwd_bwd", "peak_extra_bytes", "skipped")})
+    for stage, fn, seconds in (("fwd", lambda: forward(param), fwd_seconds),
+                               ("fwd_bwd", fwd_bwd, call_seconds)):
+        report({"stage": "forward timing" if stage == "fwd" else "forward+backward timing"})
+        reason = budget.skip_reason(_timed_cost(seconds, min_run_time))
+        if reason is None:
+            entry[stage] = measure(fn, min_run_time=min_run_time, num_threads=num_threads)
+        else:
+            skipped[stage] = reason
+        report({stage: entry.get(stage), "skipped": skipped})
     return entry, out, grad, call_seconds
 
 

@@ -19,9 +19,10 @@ with orthonormal columns; each is written the way its users would write it:
     the usual alternative, with ``d^2`` instead of ``dr`` parameters.
 
 Per configuration ``(b, d, r)`` and method, in a fresh process under a timeout
-(:class:`~difflinalg.bench._timing.IsolatedRunner`): one warm-up call, forward time,
-forward+backward time (loss ``(out * G).sum()`` for a fixed Gaussian ``G``, gradient w.r.t.
-the parameter) with the peak extra resident memory, then the accuracy: orthogonality error
+(:class:`~difflinalg.bench._timing.IsolatedRunner`), following
+:func:`~difflinalg.bench._timing.profile_differentiable`: warm-up, peak extra resident
+memory of forward+backward (loss ``(out * G).sum()`` for a fixed Gaussian ``G``, gradient
+w.r.t. the parameter), forward time, forward+backward time; then the accuracy: orthogonality error
 ``||Q^T Q - I||_F / sqrt(r)`` of the output (worst over the batch) and the relative error
 of the gradient against the same method in float64. ``torch``'s process also computes the
 cross errors (ours in float32 against torch in float64 and the reverse). ``ours`` also
@@ -79,6 +80,7 @@ LABELS = {
     "matrix_exp": "torch.matrix_exp (d x d skew)",
 }
 _REFERENCE_COST = 2.5  # float64 forward+backward, in float32 forward+backward calls
+BUSY = 0.1  # share of the CPUs used by other processes above which timings are flagged
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,9 @@ class Preset:
 
 PRESETS = {
     "quick": Preset(
-        grids=(((1,), (256, 1024, 2048), (32, 64)),
-               ((1,), (256,), (256,)),
-               ((1,), (1024,), (1024,)),
+        grids=(((1,), (256,), (32, 64, 256)),
+               ((1,), (1024,), (64, 1024)),
+               ((1,), (2048,), (64,)),
                ((32,), (64, 256), (16, 64))),
         timeout=150.0, min_run_time=0.2, max_d={"matrix_exp": 1024},
         about="a few minutes on 2 cores; matrix_exp only up to d = 1024"),
@@ -173,9 +175,16 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
     param = param64.to(dtype).requires_grad_()
     G = G64.to(dtype)
 
+    small = {**spec, "b": min(spec["b"], 2), "d": min(spec["d"], 8), "r": min(r, 4)}
+    small_param64, small_G64, _ = _inputs(small)
+    small_forward = _forward(method, small["r"])
+
+    def small_warmup() -> None:
+        _gradient(small_forward, small_param64.to(dtype), small_G64.to(dtype))
+
     entry, out, grad, call_s = profile_differentiable(
-        forward, param, G, min_run_time=spec["min_run_time"], num_threads=spec["threads"],
-        memory=spec["memory"], budget=budget, report=report)
+        forward, param, G, small_warmup=small_warmup, min_run_time=spec["min_run_time"],
+        num_threads=spec["threads"], memory=spec["memory"], budget=budget, report=report)
     skipped = entry["skipped"]
 
     if method == "ours":
@@ -183,7 +192,7 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
         b, d = spec["b"], spec["d"]
         X = torch.randn(b, d, r, dtype=dtype)
         Y = torch.randn(b, r, r, dtype=dtype)
-        reason = budget.skip_reason(_REFERENCE_COST * call_s)
+        reason = budget.skip_reason(3.0 * spec["min_run_time"] + call_s)
         if reason is None:
             report({"gemm": measure(lambda: torch.bmm(X, Y), min_run_time=spec["min_run_time"],
                                     num_threads=spec["threads"])})
@@ -354,6 +363,9 @@ def _derive(row: dict[str, Any], itemsize: int) -> None:
     optimal_flops = b * (2 * d * r * r - 2 * r**3 / 3)
     row["gemm_fraction"] = (optimal_flops / t_fwd) / (2 * b * d * r * r / gemm) \
         if gemm and t_fwd else None
+    loads = [e[stage]["other_load"] for e in methods.values() for stage in ("fwd", "fwd_bwd")
+             if e.get(stage) and e[stage].get("other_load") is not None]
+    row["other_load"] = max(loads) if loads else None
     errors = [f"{n}: {e['error']}" for n, e in methods.items() if e.get("error")]
     row["error"] = "; ".join(errors) or None
 
@@ -393,7 +405,8 @@ def _table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
     for row in rows:
         ms = row["methods"]
         ours, torch_ = ms.get("ours"), ms.get("torch")
-        cells = [str(row["b"]), str(row["d"]), str(row["r"]),
+        flag = "*" if (row.get("other_load") or 0) > BUSY else ""
+        cells = [str(row["b"]), str(row["d"]), str(row["r"]) + flag,
                  _cell_time(ours, "fwd"), _cell_time(ours, "fwd_bwd"),
                  _cell_time(torch_, "fwd"), _cell_time(torch_, "fwd_bwd")]
         for m in baselines:
@@ -436,6 +449,10 @@ def _summary(rows: list[dict[str, Any]], methods: Sequence[str]) -> list[str]:
     return out
 
 
+def _loads(values: Sequence[float] | None) -> str:
+    return "n/a" if not values else ", ".join(f"{v:.2f}" for v in values)
+
+
 def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, Any]],
                     charts: list[Path]) -> None:
     methods = metadata["methods"]
@@ -452,12 +469,19 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
         f"- {metadata['cpu']} ({metadata['logical_cpus']} logical CPUs, "
         f"{metadata['cpu_capability']}), BLAS {blas['blas_info']}, LAPACK "
         f"{blas['lapack_info']}, {blas['parallel_backend']}",
-        f"- load average at start / end: {metadata.get('load_average_at_start')} / "
-        f"{metadata.get('load_average_at_end')} (other work on the machine skews timings)",
+        f"- load average (1, 5, 15 min) at start: {_loads(metadata.get('load_average_at_start'))}"
+        f"; largest share of the CPUs used by other processes while timing: "
+        f"{format_percent(metadata.get('max_other_load'))}",
         f"- methods: {', '.join(f'`{m}` = {LABELS[m]}' for m in methods)}",
     ]
     for name, why in metadata.get("methods_unavailable", {}).items():
         lines.append(f"- `{name}` unavailable ({why}): its columns are absent")
+    busy = [row for row in rows if (row.get("other_load") or 0) > BUSY]
+    if busy:
+        worst = max(row["other_load"] for row in busy)
+        lines += ["", f"> **Warning:** other processes used up to {worst:.0%} of the CPUs while "
+                      f"{len(busy)} of {len(rows)} configurations were timed (marked * below);"
+                      " those timings are unreliable. Re-run on an idle machine."]
     lines += [
         "",
         "Times are medians of `torch.utils.benchmark.Timer.blocked_autorange` in ms; f+b = "
@@ -571,9 +595,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f" {method} {tag}", end="", file=sys.stderr, flush=True)
             _derive(row, itemsize)
             rows.append(row)
-            headline = row.get("speedup_fwd_bwd_vs_torch")
+            headline, load = row.get("speedup_fwd_bwd_vs_torch"), row.get("other_load")
             print(f" | {format_elapsed(time.monotonic() - config_start)}"
                   + (f", f+b vs torch {format_ratio(headline)}" if headline else "")
+                  + (f", BUSY: other processes used {load:.0%} of the CPUs"
+                     if load is not None and load > BUSY else "")
                   + f" (total {format_elapsed(time.monotonic() - start)})",
                   file=sys.stderr, flush=True)
             write_json(json_path, {"metadata": metadata, "results": rows})
@@ -585,6 +611,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError:
         metadata["load_average_at_end"] = None
     metadata["wall_time_s"] = round(time.monotonic() - start, 1)
+    loads = [row["other_load"] for row in rows if row.get("other_load") is not None]
+    metadata["max_other_load"] = max(loads) if loads else None
     write_json(json_path, {"metadata": metadata, "results": rows})
     charts = _write_charts(out_dir, rows, metadata) if rows else []
     _write_markdown(md_path, metadata, rows, charts)
