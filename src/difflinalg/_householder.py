@@ -91,11 +91,16 @@ def _n_matrix(s: torch.Tensor, tau: torch.Tensor, *, right: bool = False) -> tor
     return n
 
 
-def _solve_n(n: torch.Tensor, b: torch.Tensor, *, transpose: bool) -> torch.Tensor:
-    """N^{-1} b (transpose=False) or N^{-T} b (transpose=True)."""
-    if transpose:
-        return torch.linalg.solve_triangular(n.mT, b, upper=False, unitriangular=True)
-    return torch.linalg.solve_triangular(n, b, upper=True, unitriangular=True)
+def _solve_n(n: torch.Tensor, b: torch.Tensor, *, transpose: bool,
+             overwrite: bool = False) -> torch.Tensor:
+    """N^{-1} b (transpose=False) or N^{-T} b (transpose=True); ``overwrite`` reuses b."""
+    mat = n.mT if transpose else n
+    out = b if (overwrite and b.is_contiguous() and b.shape[:-2] == n.shape[:-2]
+                and tri.plain_tensor(b) and tri.plain_tensor(n)) else None
+    if out is None:
+        return torch.linalg.solve_triangular(mat, b, upper=not transpose, unitriangular=True)
+    return torch.linalg.solve_triangular(mat, b, upper=not transpose, unitriangular=True,
+                                         out=out)
 
 
 def _vt_x(v: torch.Tensor, x: torch.Tensor | None, n_cols: int) -> torch.Tensor:
@@ -252,36 +257,55 @@ class HouseholderApply(torch.autograd.Function):
             nb = _structured_block(k, ctx.unit_lower)
             # orgqr (X = E, Q not transposed): A = V[:n]^T and R_a are upper trapezoidal
             tri_a = bool(nb) and x is None and not transpose
-            s = tri.gram_strict_upper(v, nb) if nb else _s_matrix(v)
+            # In-place updates and early `del`s keep the k x k and m x k temporaries few;
+            # under create_graph (double backward) everything stays out of place.
+            ip = not torch.is_grad_enabled()
             g = grad_y
-            b = tri.mm_upper_left(v.mT, g, nb) if nb else v.mT @ g
             d = tau.unsqueeze(-1)
+            s = tri.gram_strict_upper(v, nb) if nb else _s_matrix(v)
+            b = tri.mm_upper_left(v.mT, g, nb) if nb else v.mT @ g
+            r_b = _solve_n(_n_matrix(s, tau, right=transpose), b, transpose=not transpose,
+                           overwrite=ip)
+            del b
             need_vt = need_v or (need_tau and tau_in is not None)
-            if transpose:
-                r_b = _solve_n(_n_matrix(s, tau, right=True), b, transpose=False)
-            else:
-                r_b = _solve_n(_n_matrix(s, tau), b, transpose=True)
-            z = d * r_b
+            if need_vt:
+                a = _vt_x(v, x, n_cols)
+                r_a = _solve_n(_n_matrix(s, tau, right=not transpose), a, transpose=transpose)
+                del a
+                if transpose:
+                    m_mat = r_a @ r_b.mT
+                else:
+                    m_mat = tri.mm_lower_right(r_b, r_a.mT, nb) if tri_a else r_b @ r_a.mT
+                m_mat = m_mat.neg_() if ip else -m_mat
+            del s
+            z = r_b.mul_(d) if ip else d * r_b
+            del r_b
             if need_x and x is not None:
                 grad_x = g - v @ z
             if need_vt:
-                a = _vt_x(v, x, n_cols)
-                if transpose:
-                    r_a = _solve_n(_n_matrix(s, tau), a, transpose=True)
-                    m_mat = -(r_a @ r_b.mT)
-                else:
-                    r_a = _solve_n(_n_matrix(s, tau, right=True), a, transpose=False)
-                    m_mat = -(tri.mm_lower_right(r_b, r_a.mT, nb) if tri_a else r_b @ r_a.mT)
-                c = d * r_a
-                g_tau = m_mat.diagonal(dim1=-2, dim2=-1)
+                c = r_a.mul_(d) if ip else d * r_a
+                del r_a
+                g_tau = m_mat.diagonal(dim1=-2, dim2=-1).clone()
                 if need_v:
-                    p = (d * m_mat * tau.unsqueeze(-2)).triu(1)
-                    p = p + p.mT
-                    gv = tri.mm_lower_right(g, c.mT, nb) if tri_a else g @ c.mT
+                    if ip:
+                        p = m_mat.mul_(d).mul_(tau.unsqueeze(-2)).triu_(1)
+                        p_t = p.mT.clone()
+                        p = p.add_(p_t)
+                        del p_t
+                    else:
+                        p = (d * m_mat * tau.unsqueeze(-2)).triu(1)
+                        p = p + p.mT
+                    del m_mat
+                    if tri_a:
+                        gv = (tri.mm_lower_right_into(g, c.mT, nb) if ip and tri.plain_tensor(g)
+                              else tri.mm_lower_right(g, c.mT, nb))
+                    else:
+                        gv = g @ c.mT
+                    del c
                     coef = None
                     if tau_in is None:
                         coef = (tau * tau) * g_tau * active.to(tau.dtype)
-                    if torch.is_grad_enabled():  # double backward: stay out of place
+                    if not ip:
                         gv = gv + (tri.mm_lower_left(v, p, nb) if nb else v @ p)
                         if x is None:
                             # X Z^T with X = E (m x n): Z^T in the first n rows
@@ -292,8 +316,9 @@ class HouseholderApply(torch.autograd.Function):
                         if coef is not None:
                             gv = gv + v * coef.unsqueeze(-2)
                         gv = -gv
-                    else:  # the usual case: accumulate in place, no m x k temporaries
+                    else:
                         _add_product(gv, v, p, nb)
+                        del p
                         if x is None:
                             gv.narrow(-2, 0, n_cols).add_(z.mT)
                         else:
@@ -301,6 +326,7 @@ class HouseholderApply(torch.autograd.Function):
                         if coef is not None:
                             gv.addcmul_(v, coef.unsqueeze(-2))
                         gv.neg_()
+                    del v
                     grad_v_in = _scatter_v_grad(gv, v_in, ctx.unit_lower)
                 if need_tau and tau_in is not None:
                     grad_tau = g_tau
@@ -344,7 +370,10 @@ class HouseholderApply(torch.autograd.Function):
 def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, nb: int) -> None:
     """out += a @ b in place (out is a fresh contiguous tensor of the backward)."""
     if nb:
-        out += tri.mm_lower_left(a, b, nb)
+        if tri.plain_tensor(out) and tri.plain_tensor(b):
+            tri.addmm_lower_left_(out, a, b, nb)
+        else:
+            out += tri.mm_lower_left(a, b, nb)
         return
     batch = out.shape[:-2]
     if len(batch) == 0:

@@ -57,6 +57,12 @@ def gram_strict_upper(v: torch.Tensor, nb: int) -> torch.Tensor:
     ``v[:, J]`` are zero): about ``m k^2`` flops instead of ``2 m k^2``.
     """
     k = v.shape[-1]
+    if plain_tensor(v):  # write the blocks into one tensor: no padded copies, no cat
+        out = v.new_zeros(*v.shape[:-2], k, k)
+        for j0 in _starts(k, nb):
+            j1 = min(j0 + nb, k)
+            out[..., :j1, j0:j1] = v[..., j0:, :j1].mT @ v[..., j0:, j0:j1]
+        return out.triu_(1)
     cols = []
     for j0 in _starts(k, nb):
         j1 = min(j0 + nb, k)
@@ -65,3 +71,45 @@ def gram_strict_upper(v: torch.Tensor, nb: int) -> torch.Tensor:
             blk = torch.nn.functional.pad(blk, (0, 0, 0, k - j1))
         cols.append(blk)
     return torch.cat(cols, dim=-1).triu(1)
+
+
+def plain_tensor(t: torch.Tensor) -> bool:
+    """True unless ``t`` is wrapped by a torch.func transform (vmap, grad, jvp).
+
+    The ``*_into`` helpers below write blocks into a preallocated tensor, which a functorch
+    wrapper would not see as batched; callers use the allocating versions for those.
+    """
+    try:
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            return False  # inside a transform (e.g. the vmap of a batched gradient)
+        fc = torch._C._functorch
+        return not (fc.is_functorch_wrapped_tensor(t) or fc.is_legacy_batchedtensor(t))
+    except AttributeError:  # pragma: no cover - older torch
+        return True
+
+
+def mm_lower_right_into(x: torch.Tensor, low: torch.Tensor, nb: int) -> torch.Tensor:
+    """``x @ low`` like :func:`mm_lower_right`, written block by block into one tensor.
+
+    Peak extra memory is one ``(*, m, nb)`` block instead of a second copy of the result.
+    """
+    n, k = low.shape[-2], low.shape[-1]
+    batch = torch.broadcast_shapes(x.shape[:-2], low.shape[:-2])
+    out = x.new_empty(*batch, x.shape[-2], k)
+    for j0 in _starts(k, nb):
+        j1 = min(j0 + nb, k)
+        out.narrow(-1, j0, j1 - j0).copy_(x[..., :, j0:n] @ low[..., j0:n, j0:j1])
+    return out
+
+
+def addmm_lower_left_(out: torch.Tensor, low: torch.Tensor, w: torch.Tensor, nb: int) -> None:
+    """``out += low @ w`` in place for lower-trapezoidal ``low`` (*, m, k), block by block."""
+    m, k = low.shape[-2], low.shape[-1]
+    for i0 in _starts(min(m, k), nb):
+        i1 = min(i0 + nb, k)
+        out.narrow(-2, i0, i1 - i0).add_(low[..., i0:i1, :i1] @ w[..., :i1, :])
+    if m > k:
+        step = max(nb, 1) * 4
+        for r0 in range(k, m, step):
+            r1 = min(r0 + step, m)
+            out.narrow(-2, r0, r1 - r0).add_(low[..., r0:r1, :] @ w)
