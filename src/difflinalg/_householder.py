@@ -46,9 +46,10 @@ def _build_v(v_in: torch.Tensor, k: int, unit_lower: bool) -> torch.Tensor:
     """The reflector matrix V (*, m, k) from the caller's tensor (never mutated)."""
     v = v_in[..., :k]
     if unit_lower:
-        m = v.shape[-2]
-        eye = torch.eye(m, k, dtype=v.dtype, device=v.device)
-        v = v.tril(-1) + eye
+        if torch.is_grad_enabled():
+            return v.tril(-1) + torch.eye(v.shape[-2], k, dtype=v.dtype, device=v.device)
+        v = v.tril(-1)  # a fresh tensor: set its diagonal in place (one pass, not two)
+        v.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return v
 
 
@@ -250,19 +251,31 @@ class HouseholderApply(torch.autograd.Function):
         grad_x = grad_v_in = grad_tau = None
         with no_tf32(v_in):
             v = _build_v(v_in, k, ctx.unit_lower)
-            if tau_in is None:
+            nb = _structured_block(k, ctx.unit_lower)
+            ip = not torch.is_grad_enabled()
+            gram = None
+            if tau_in is None and ctx.unit_lower and ip and not nb:
+                # exact tau from the diagonal of V^T V, which S needs anyway (saves two
+                # passes over V; the float64 sum matters for the forward's orthogonality,
+                # not for the gradient)
+                gram = v.mT @ v
+                tau = 2.0 / gram.diagonal(dim1=-2, dim2=-1)
+                active = None
+            elif tau_in is None:
                 tau, active = _exact_tau(v, ctx.eps, ctx.unit_lower)
             else:
                 tau, active = tau_in, None
-            nb = _structured_block(k, ctx.unit_lower)
             # orgqr (X = E, Q not transposed): A = V[:n]^T and R_a are upper trapezoidal
             tri_a = bool(nb) and x is None and not transpose
             # In-place updates and early `del`s keep the k x k and m x k temporaries few;
             # under create_graph (double backward) everything stays out of place.
-            ip = not torch.is_grad_enabled()
             g = grad_y
             d = tau.unsqueeze(-1)
-            s = tri.gram_strict_upper(v, nb) if nb else _s_matrix(v)
+            if gram is not None:
+                s = gram.triu_(1)
+                del gram
+            else:
+                s = tri.gram_strict_upper(v, nb) if nb else _s_matrix(v)
             b = tri.mm_upper_left(v.mT, g, nb) if nb else v.mT @ g
             r_b = _solve_n(_n_matrix(s, tau, right=transpose), b, transpose=not transpose,
                            overwrite=ip)
@@ -287,25 +300,41 @@ class HouseholderApply(torch.autograd.Function):
                 del r_a
                 g_tau = m_mat.diagonal(dim1=-2, dim2=-1).clone()
                 if need_v:
-                    if ip:
-                        p = m_mat.mul_(d).mul_(tau.unsqueeze(-2)).triu_(1)
-                        p_t = p.mT.clone()
-                        p = p.add_(p_t)
-                        del p_t
-                    else:
-                        p = (d * m_mat * tau.unsqueeze(-2)).triu(1)
-                        p = p + p.mT
-                    del m_mat
-                    if tri_a:
-                        gv = (tri.mm_lower_right_into(g, c.mT, nb) if ip and tri.plain_tensor(g)
-                              else tri.mm_lower_right(g, c.mT, nb))
-                    else:
-                        gv = g @ c.mT
-                    del c
                     coef = None
                     if tau_in is None:
-                        coef = (tau * tau) * g_tau * active.to(tau.dtype)
-                    if not ip:
+                        coef = (tau * tau) * g_tau
+                        if active is not None:
+                            coef = coef * active.to(tau.dtype)
+                    if ip:
+                        # dL/dV = -(G C^T + V (P + P^T + diag(coef)) + X Z^T): the sign is
+                        # folded into the small factors and the tau-path term into the
+                        # diagonal of the k x k factor, so V is read by one GEMM.
+                        p = m_mat.mul_(d).mul_(tau.unsqueeze(-2)).triu_(1)
+                        p_t = p.mT.clone()
+                        p = p.add_(p_t).neg_()
+                        del p_t
+                        if coef is not None:
+                            p.diagonal(dim1=-2, dim2=-1).sub_(coef)
+                        del m_mat
+                        c.neg_()
+                        if tri_a:
+                            gv = (tri.mm_lower_right_into(g, c.mT, nb) if tri.plain_tensor(g)
+                                  else tri.mm_lower_right(g, c.mT, nb))
+                        else:
+                            gv = g @ c.mT
+                        del c
+                        _add_product(gv, v, p, nb)
+                        del p
+                        if x is None:
+                            gv.narrow(-2, 0, n_cols).sub_(z.mT)
+                        else:
+                            _add_product(gv, x, z.mT.neg(), 0)
+                    else:  # double backward: out of place, differentiable
+                        p = (d * m_mat * tau.unsqueeze(-2)).triu(1)
+                        p = p + p.mT
+                        if coef is not None:
+                            p = p + torch.diag_embed(coef)
+                        gv = tri.mm_lower_right(g, c.mT, nb) if tri_a else g @ c.mT
                         gv = gv + (tri.mm_lower_left(v, p, nb) if nb else v @ p)
                         if x is None:
                             # X Z^T with X = E (m x n): Z^T in the first n rows
@@ -313,19 +342,7 @@ class HouseholderApply(torch.autograd.Function):
                                 z.mT, (0, 0, 0, gv.shape[-2] - n_cols))
                         else:
                             gv = gv + x @ z.mT
-                        if coef is not None:
-                            gv = gv + v * coef.unsqueeze(-2)
                         gv = -gv
-                    else:
-                        _add_product(gv, v, p, nb)
-                        del p
-                        if x is None:
-                            gv.narrow(-2, 0, n_cols).add_(z.mT)
-                        else:
-                            _add_product(gv, x, z.mT, 0)
-                        if coef is not None:
-                            gv.addcmul_(v, coef.unsqueeze(-2))
-                        gv.neg_()
                     del v
                     grad_v_in = _scatter_v_grad(gv, v_in, ctx.unit_lower)
                 if need_tau and tau_in is not None:
@@ -388,7 +405,11 @@ def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, nb: int) -
 def _scatter_v_grad(gv: torch.Tensor, v_in: torch.Tensor, unit_lower: bool) -> torch.Tensor:
     """Map dL/dV (*, m, k) back onto the caller's (*, m, K) tensor."""
     if unit_lower:
-        gv = gv.tril(-1) if torch.is_grad_enabled() else gv.tril_(-1)
+        if torch.is_grad_enabled():
+            gv = gv.tril(-1)
+        else:  # only the top k x k block has entries on or above the diagonal
+            k = gv.shape[-1]
+            gv.narrow(-2, 0, min(k, gv.shape[-2])).tril_(-1)
     extra = v_in.shape[-1] - gv.shape[-1]
     if extra:
         pad = gv.new_zeros(*gv.shape[:-1], extra)
