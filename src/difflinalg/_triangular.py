@@ -88,20 +88,6 @@ def plain_tensor(t: torch.Tensor) -> bool:
         return True
 
 
-def mm_lower_right_into(x: torch.Tensor, low: torch.Tensor, nb: int) -> torch.Tensor:
-    """``x @ low`` like :func:`mm_lower_right`, written block by block into one tensor.
-
-    Peak extra memory is one ``(*, m, nb)`` block instead of a second copy of the result.
-    """
-    n, k = low.shape[-2], low.shape[-1]
-    batch = torch.broadcast_shapes(x.shape[:-2], low.shape[:-2])
-    out = x.new_empty(*batch, x.shape[-2], k)
-    for j0 in _starts(k, nb):
-        j1 = min(j0 + nb, k)
-        out.narrow(-1, j0, j1 - j0).copy_(x[..., :, j0:n] @ low[..., j0:n, j0:j1])
-    return out
-
-
 def addmm_lower_left_(out: torch.Tensor, low: torch.Tensor, w: torch.Tensor, nb: int) -> None:
     """``out += low @ w`` in place for lower-trapezoidal ``low`` (*, m, k), block by block."""
     m, k = low.shape[-2], low.shape[-1]
