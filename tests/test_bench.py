@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from difflinalg.bench import _timing
+from difflinalg.bench import _report, _timing
 from difflinalg.bench.cli import main
 from difflinalg.bench.suites import householder, load_suites
 
@@ -83,11 +83,18 @@ def test_sweep_measures_memory(sweep):
             assert entry["peak_extra_x_output"] >= 0
 
 
-def test_sweep_writes_report_and_charts(sweep):
+def test_sweep_writes_report(sweep):
     _, out, _ = sweep
     md = (out / "results.md").read_text()
     assert md.startswith("# householder_product benchmark")
-    assert "## b = 1" in md and "## Summary" in md and "speedup_vs_torch.png" in md
+    assert "## b = 1" in md and "## Summary" in md
+    assert "| 1 | 8 | 4" in md and "| 1 | 16 | 4" in md
+
+
+def test_sweep_writes_charts(sweep):
+    pytest.importorskip("matplotlib")
+    _, out, _ = sweep
+    assert "![speedup_vs_torch](speedup_vs_torch.png)" in (out / "results.md").read_text()
     for name in ("speedup_vs_torch.png", "error_ratio_vs_torch.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "speedup_vs_matrix_exp.png").exists()
@@ -113,6 +120,12 @@ def test_timeout_keeps_partial_results_and_reports():
     results, error = runner.run(householder._case_worker, spec, timeout=2.0)
     assert error == "timeout after 2 s in warm-up"
     assert results["stage"] == "warm-up"
+
+
+def test_json_has_no_nan(tmp_path):
+    path = tmp_path / "x.json"
+    _report.write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": (2,)})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": [2]}
 
 
 def test_exit_messages():

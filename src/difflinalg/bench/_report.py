@@ -113,10 +113,24 @@ def collect_metadata(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return meta
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (JSON has no spelling for them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically (a reader never sees half a file)."""
+    """Write ``obj`` as indented JSON, atomically (a reader never sees half a file).
+
+    Non-finite floats become ``null``; unknown objects their ``str``.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=str) + "\n")
+    tmp.write_text(json.dumps(_finite(obj), indent=1, allow_nan=False, default=str) + "\n")
     tmp.replace(path)
 
 
@@ -237,7 +251,7 @@ def ratio_heatmaps(path: Path, panels: Sequence[dict[str, Any]], *, title: str,
         ax.axis("off")
     if image is not None:
         ticks = list(range(-int(limit), int(limit) + 1))
-        step = max(1, len(ticks) // 9)
+        step = max(1, math.ceil(len(ticks) / 9))
         ticks = [t for t in ticks if t % step == 0]
         bar = fig.colorbar(image, ax=axes, ticks=ticks, shrink=0.9)
         bar.ax.set_yticklabels([_ratio_label(2.0**t) if t >= 0 else f"1/{2**-t:g}\u00d7"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from .suites import load_suites
 
-__all__ = ["build_parser", "int_list", "main", "positive_float"]
+__all__ = ["build_parser", "int_list", "main", "positive_float", "positive_int"]
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -24,6 +24,17 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, but got {text!r}")
     return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
+    return value
 
 
 def positive_float(text: str) -> float:

@@ -62,7 +62,7 @@ from .._report import (
     write_json,
 )
 from .._timing import Budget, IsolatedRunner, measure, profile_differentiable
-from ..cli import int_list, positive_float
+from ..cli import int_list, positive_float, positive_int
 
 __all__ = ["DESCRIPTION", "NAME", "add_arguments", "run"]
 
@@ -264,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="dtype of the timed runs (references are float64). "
                              "Default: float32")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--threads", type=positive_int, default=2,
                         help="torch.set_num_threads for every run. Default: 2")
     parser.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                         help="limit per (configuration, method). Default: the preset's ("
@@ -427,7 +427,7 @@ def _table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
 
 
 def _summary(rows: list[dict[str, Any]], methods: Sequence[str]) -> list[str]:
-    out = ["| speed-up of ours | configs | min | median | max | ours slower in |",
+    out = ["| ratio (ours better if > 1) | configs | min | median | max | ours worse in |",
            "| :--- | ---: | ---: | ---: | ---: | ---: |"]
     for m in (m for m in BASELINES if m in methods):
         for key, what in (("speedup_fwd_bwd_vs", "f+b"), ("speedup_fwd_vs", "fwd"),
@@ -505,6 +505,8 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
         lines.append("")
     if charts:
         lines += ["## Charts", ""] + [f"![{c.stem}]({c.name})" for c in charts] + [""]
+    elif metadata.get("charts"):
+        lines += ["## Charts", "", f"Charts {metadata['charts']}.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -613,8 +615,16 @@ def run(args: argparse.Namespace) -> int:
     metadata["wall_time_s"] = round(time.monotonic() - start, 1)
     loads = [row["other_load"] for row in rows if row.get("other_load") is not None]
     metadata["max_other_load"] = max(loads) if loads else None
+    for stale in (*out_dir.glob("speedup_vs_*.png"), *out_dir.glob("error_ratio_vs_*.png")):
+        stale.unlink()
+    try:
+        charts = _write_charts(out_dir, rows, metadata)
+    except ImportError as exc:  # matplotlib is an optional dependency (the bench extra)
+        charts = []
+        metadata["charts"] = f"not drawn: {exc}"
+        print(f"householder bench: charts not drawn ({exc}); pip install "
+              "'difflinalg[bench]'", file=sys.stderr)
     write_json(json_path, {"metadata": metadata, "results": rows})
-    charts = _write_charts(out_dir, rows, metadata) if rows else []
     _write_markdown(md_path, metadata, rows, charts)
     print(f"householder bench: {len(rows)} configurations in "
           f"{format_elapsed(time.monotonic() - start)}; wrote:")
