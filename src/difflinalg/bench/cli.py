@@ -26,26 +26,24 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
-    return value
+def _positive(convert: type, what: str):
+    """argparse type factory: ``convert(text)`` that must be > 0."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected {what}, but got {text!r}")
+        return value
+
+    parse.__name__ = f"positive_{convert.__name__}"
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, but got {text!r}")
-    return value
+positive_int = _positive(int, "a positive integer")
+positive_float = _positive(float, "a positive number")
 
 
 def build_parser() -> argparse.ArgumentParser:
