@@ -410,3 +410,11 @@ def test_large_k_gradients_match_torch(m, n, k):
     theirs = torch.autograd.grad((torch.linalg.householder_product(A, t) * G).sum(), ins)
     for x, y in zip(ours, theirs):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+
+
+def test_no_reflectors_is_identity_even_for_nonfinite_input():
+    A = torch.full((4, 3), float("nan"), dtype=f64, requires_grad=True)
+    out = dl.householder_product(A, torch.zeros(0, dtype=f64))
+    torch.testing.assert_close(out, torch.eye(4, 3, dtype=f64), rtol=0, atol=0)
+    out.sum().backward()
+    assert torch.equal(A.grad, torch.zeros_like(A))

@@ -29,6 +29,19 @@ from ._errors import ShapeError, describe
 __all__ = ["householder_product", "householder_orgqr", "householder_apply"]
 
 
+def _graph_zero(*tensors: torch.Tensor | None) -> torch.Tensor | float:
+    """A zero that depends on the inputs in the autograd graph without reading their values.
+
+    Empty-slice sums keep degenerate results (k = 0, zero size) differentiable with zero
+    gradients, and unlike ``0 * x.sum()`` they stay zero when an input holds inf or NaN.
+    """
+    zero: torch.Tensor | float = 0.0
+    for t in tensors:
+        if t is not None:
+            zero = zero + t.reshape(-1)[:0].sum()
+    return zero
+
+
 def _check_tau(op: str, a: torch.Tensor, tau: torch.Tensor, k_max: int, what: str) -> None:
     check_tensor(op, "tau", tau)
     check_same_device_dtype(op, "A", a, "tau", tau)
@@ -117,7 +130,7 @@ def householder_product(A: torch.Tensor, tau: torch.Tensor | None = None, *,
     if k == 0 or A.numel() == 0:
         out = torch.eye(m, n, dtype=A.dtype, device=A.device).expand(A.shape).clone()
         # keep the graph connected so that .backward() gives zero gradients, not an error
-        return out + 0.0 * A.sum() + (0.0 * tau.sum() if tau is not None else 0.0)
+        return out + _graph_zero(A, tau)
     return _householder.HouseholderApply.apply(A, tau, None, n, True, False, 0.0, k)
 
 
@@ -178,7 +191,7 @@ def householder_orgqr(param: torch.Tensor, tau: torch.Tensor | None = None,
     if r == 0 or param.numel() == 0:
         base = eye if eye is not None else torch.eye(d, r, dtype=param.dtype,
                                                       device=param.device).expand(param.shape)
-        return base + 0.0 * param.sum()
+        return base + _graph_zero(param, tau)
     return _householder.HouseholderApply.apply(param, tau, eye, r, False, False, float(eps), r)
 
 
@@ -254,7 +267,7 @@ def householder_apply(A: torch.Tensor, tau: torch.Tensor | None, X: torch.Tensor
     x_b = X.expand(batch + X.shape[-2:])
     if k == 0 or x_b.numel() == 0 or a_b.numel() == 0:
         out = x_b.clone()
-        return out + 0.0 * A.sum() + (0.0 * tau.sum() if tau is not None else 0.0)
+        return out + _graph_zero(A, tau)
     if left:
         return _householder.HouseholderApply.apply(a_b, tau_b, x_b, x_b.shape[-1], True,
                                                    adjoint, 0.0, k)
