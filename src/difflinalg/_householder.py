@@ -121,16 +121,28 @@ def _vt_x(v: torch.Tensor, x: torch.Tensor | None, n_cols: int) -> torch.Tensor:
     return v.mT @ x
 
 
-def _t_apply(n: torch.Tensor, tau: torch.Tensor, b: torch.Tensor, *, transpose: bool,
-             adjoint: bool) -> torch.Tensor:
-    """T' b where T' = T (transpose=False) or T^T, and its adjoint T'^T b if adjoint.
+def _t_apply(n: torch.Tensor, tau: torch.Tensor, b: torch.Tensor, *,
+             transpose: bool) -> torch.Tensor:
+    """T' b where T' = T (transpose=False) or T^T.
 
     T = N^{-1} D, so T b = N^{-1}(tau * b) and T^T b = tau * N^{-T} b.
     """
-    use_t = transpose != adjoint  # the matrix applied is T^T
-    if use_t:
+    if transpose:
         return tau.unsqueeze(-1) * _solve_n(n, b, transpose=True)
     return _solve_n(n, tau.unsqueeze(-1) * b, transpose=False)
+
+
+def _block_t_apply(vb: torch.Tensor, tb: torch.Tensor, b: torch.Tensor, *,
+                   transpose: bool) -> torch.Tensor:
+    """T_b' b for the block of reflectors (vb, tb): builds N_b, then one triangular solve."""
+    return _t_apply(_n_matrix(_s_matrix(vb), tb), tb, b, transpose=transpose)
+
+
+def _identity_like(v: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """A fresh (*, m, n_cols) identity with v's batch shape, dtype and device (vmap-safe)."""
+    y = torch.zeros_like(v[..., :1]).expand(*v.shape[:-1], n_cols).clone()
+    y.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return y
 
 
 def _use_lapack_forward(v_in: torch.Tensor, x: torch.Tensor | None, unit_lower: bool,
@@ -172,18 +184,15 @@ def blocked_apply(v: torch.Tensor, tau: torch.Tensor, x: torch.Tensor | None, n_
         # slice and Y starts as E - V_b C_b with no product against E.
         j0 = order.pop(0)
         vb, tb = v[..., j0:, j0:], tau[..., j0:]
-        cb = _t_apply(_n_matrix(_s_matrix(vb), tb), tb, vb[..., :n_cols - j0, :].mT,
-                      transpose=False, adjoint=False)
+        cb = _block_t_apply(vb, tb, vb[..., :n_cols - j0, :].mT, transpose=False)
         corner = torch.matmul(vb, cb).neg_()
         corner.diagonal(dim1=-2, dim2=-1).add_(1.0)
         if j0 == 0:
             return corner
-        y = torch.zeros_like(v[..., :1]).expand(*v.shape[:-1], n_cols).clone()
-        y.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        y = _identity_like(v, n_cols)
         y[..., j0:, j0:] = corner
     elif x is None:
-        y = torch.zeros_like(v[..., :1]).expand(*v.shape[:-1], n_cols).clone()
-        y.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        y = _identity_like(v, n_cols)
     else:
         y = x.clone(memory_format=torch.contiguous_format)
     for j0 in order:
@@ -192,9 +201,8 @@ def blocked_apply(v: torch.Tensor, tau: torch.Tensor, x: torch.Tensor | None, n_
         c0 = j0 if (x is None and not transpose) else 0
         vb = v[..., r0:, j0:j1]
         tb = tau[..., j0:j1]
-        nmat = _n_matrix(_s_matrix(vb), tb)
         ysub = y[..., r0:, c0:]
-        w = _t_apply(nmat, tb, vb.mT @ ysub, transpose=transpose, adjoint=False)
+        w = _block_t_apply(vb, tb, vb.mT @ ysub, transpose=transpose)
         ysub.sub_(vb @ w)
     return y
 
