@@ -19,6 +19,7 @@ to the code.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -71,10 +72,17 @@ def _exact_tau(v: torch.Tensor, eps: float, unit_lower: bool
 
 
 def _exact_tau_unit_lower(a: torch.Tensor) -> torch.Tensor:
-    """tau = 2 / (1 + ||a_j||^2) from the strictly-lower part, without forming V."""
-    acc = torch.float64 if a.dtype == torch.float32 else a.dtype
-    sq = a.tril(-1).square().sum(-2, dtype=acc)
-    return sq.add_(1.0).reciprocal_().mul_(2.0).to(a.dtype)
+    """tau = 2 / (1 + ||a_j||^2) from the strictly-lower part, without forming V.
+
+    The sum of squares is a float32 reduction (a few ulps of ||a||^2, i.e. of tau); what
+    must not happen in float32 is ``1 + ||a||^2``, which drops the low bits of a small
+    ||a||^2 (3-7x LAPACK's orthogonality error at parameter scale 1e-3), so that step and
+    the division run in float64.
+    """
+    sq = a.tril(-1).square_().sum(-2)
+    if a.dtype == torch.float32:
+        return sq.double().add_(1.0).reciprocal_().mul_(2.0).float()
+    return sq.add_(1.0).reciprocal_().mul_(2.0)
 
 
 def _s_matrix(v: torch.Tensor) -> torch.Tensor:
@@ -207,6 +215,47 @@ def blocked_apply(v: torch.Tensor, tau: torch.Tensor, x: torch.Tensor | None, n_
     return y
 
 
+def _forward(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
+             n_cols: int, unit_lower: bool, transpose: bool, eps: float,
+             k: int) -> torch.Tensor:
+    if _use_lapack_forward(v_in, x, unit_lower, transpose):
+        if tau is None:
+            tau = _exact_tau_unit_lower(v_in if k == v_in.shape[-1] else v_in[..., :k])
+        return torch.linalg.householder_product(v_in, tau)
+    with no_tf32(v_in):
+        v = _build_v(v_in, k, unit_lower)
+        if tau is None:
+            tau, _ = _exact_tau(v, eps, unit_lower)
+        return blocked_apply(v, tau, x, n_cols, transpose, unit_lower,
+                             block_size(v.shape[-2], k))
+
+
+def _setup_context(ctx: Any, inputs: tuple) -> None:
+    v_in, tau, x, n_cols, unit_lower, transpose, eps, k = inputs
+    ctx.n_cols, ctx.unit_lower, ctx.transpose, ctx.eps, ctx.k = (
+        n_cols, unit_lower, transpose, eps, k)
+    ctx.save_for_backward(v_in, tau, x)
+    # jvp reads the inputs from here: ctx.save_for_forward costs ~35 us per call, and the
+    # inputs are not modified between forward and jvp (both run inside the same
+    # forward-mode call).
+    ctx.fwd_inputs = (v_in, tau, x)
+
+
+def apply(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
+          n_cols: int, unit_lower: bool, transpose: bool, eps: float, k: int) -> torch.Tensor:
+    """Run the engine through the cheaper of its two autograd.Function classes.
+
+    ``Function.apply`` of a class with ``setup_context`` binds its arguments with
+    ``inspect.signature``: ~40 us per call, as much as LAPACK's whole 256 x 32 orgqr. That
+    form is needed only inside torch.func transforms (vmap, grad, jvp); elsewhere the
+    classic form with the same forward, backward and jvp is used (reverse mode, double
+    backward and forward-mode dual tensors all work with it).
+    """
+    if torch._C._are_functorch_transforms_active():
+        return HouseholderApply.apply(v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
+    return _HouseholderApplyClassic.apply(v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
+
+
 class HouseholderApply(torch.autograd.Function):
     """Y = Q X or Q^T X for Q = H_1 ... H_k in compact-WY form (see module docstring).
 
@@ -222,28 +271,11 @@ class HouseholderApply(torch.autograd.Function):
     def forward(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
                 n_cols: int, unit_lower: bool, transpose: bool, eps: float,
                 k: int) -> torch.Tensor:
-        with no_tf32(v_in):
-            if _use_lapack_forward(v_in, x, unit_lower, transpose):
-                if tau is None:
-                    tau = _exact_tau_unit_lower(v_in[..., :k])
-                return torch.linalg.householder_product(v_in, tau)
-            v = _build_v(v_in, k, unit_lower)
-            if tau is None:
-                tau, _ = _exact_tau(v, eps, unit_lower)
-            return blocked_apply(v, tau, x, n_cols, transpose, unit_lower,
-                                 block_size(v.shape[-2], k))
+        return _forward(v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        v_in, tau, x, n_cols, unit_lower, transpose, eps, k = inputs
-        ctx.n_cols, ctx.unit_lower, ctx.transpose, ctx.eps, ctx.k = (
-            n_cols, unit_lower, transpose, eps, k)
-        ctx.has_tau, ctx.has_x = tau is not None, x is not None
-        ctx.save_for_backward(v_in, tau, x)
-        # jvp reads the inputs from here: ctx.save_for_forward costs ~35 us per call, a third
-        # of the Function's whole overhead at small sizes, and the inputs are not modified
-        # between forward and jvp (both run inside the same forward-mode call).
-        ctx.fwd_inputs = (v_in, tau, x)
+        _setup_context(ctx, inputs)
 
     # Backward. With A = V^T X, C = T' A (T' = T or T^T), Y = X - V C and G = dL/dY,
     # B = V^T G, Z = T'^T B:
@@ -270,6 +302,12 @@ class HouseholderApply(torch.autograd.Function):
             return (None,) * 8
         need_v, need_tau, need_x = ctx.needs_input_grad[:3]
         grad_x = grad_v_in = grad_tau = None
+        if _use_lowmem_orgqr(v_in, grad_y, x, transpose):
+            with no_tf32(v_in):
+                grad_v_in, grad_tau = _orgqr_backward_lowmem(
+                    v_in, tau_in, grad_y, k, n_cols, ctx.unit_lower, ctx.eps, need_v,
+                    need_tau)
+            return grad_v_in, grad_tau, None, None, None, None, None, None
         with no_tf32(v_in):
             v = _build_v(v_in, k, ctx.unit_lower)
             nb = _structured_block(k, ctx.unit_lower)
@@ -443,3 +481,233 @@ def _build_dv(dv_in: torch.Tensor | None, v_in: torch.Tensor, k: int,
         return torch.zeros(*v_in.shape[:-1], k, dtype=v_in.dtype, device=v_in.device)
     dv = dv_in[..., :k]
     return dv.tril(-1) if unit_lower else dv
+
+
+class _HouseholderApplyClassic(torch.autograd.Function):
+    """:class:`HouseholderApply` in the classic ``forward(ctx, ...)`` form (see :func:`apply`)."""
+
+    @staticmethod
+    def forward(ctx: Any, v_in: torch.Tensor, tau: torch.Tensor | None,
+                x: torch.Tensor | None, n_cols: int, unit_lower: bool, transpose: bool,
+                eps: float, k: int) -> torch.Tensor:
+        inputs = (v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
+        _setup_context(ctx, inputs)
+        return _forward(*inputs)
+
+    backward = HouseholderApply.backward
+    jvp = HouseholderApply.jvp
+
+
+# ----------------------------------------------------------------------------- orgqr backward
+# The backward of the orgqr case (X = E, Q not transposed) outside autograd, ordered for
+# memory. In units of the output (m x n) the general path above peaks at ~7 for a square Q:
+# V, S, N, B, R_a, M and dL/dV coexist. Here V is never formed whole when it would cost a
+# unit (m < 4k: its blocks are rebuilt from the caller's tensor, O(nb k) at a time), N is
+# dropped as soon as both solves are done, R_b is kept transposed so that it can become
+# dL/dV itself when m = n, and every product is written into its destination block by block
+# (addmm_ into slices, no cat). The peak is G + 3 units for a square Q (G, R_a, R_b^T, M;
+# then G, R_a, dL/dV, M), G + dL/dV + small for a tall one.
+
+
+def _use_lowmem_orgqr(v_in: torch.Tensor, g: torch.Tensor, x: torch.Tensor | None,
+                      transpose: bool) -> bool:
+    return (x is None and not transpose and not torch.is_grad_enabled()
+            and tri.plain_tensor(v_in) and tri.plain_tensor(g))
+
+
+def _lowmem_block(m: int, k: int) -> tuple[bool, int]:
+    """(blocked, nb) for the orgqr backward's products with V.
+
+    A tall V (m >= 4k) costs at most a quarter of the output: it is formed whole, fewest
+    calls. Otherwise V is never formed: its rows >= k are the caller's tensor and only its
+    unit lower triangular top, in diagonal blocks of nb, is materialised, at moments when at
+    most three units are live. Blocks of nb < k let the products skip part of the zero
+    upper triangle; on 2 CPU cores fewer, larger GEMMs win up to k ~ 512 (measured at
+    k = 256, 512, 1024: nb = 32 was 1.2-1.45x slower than nb >= k/4).
+    """
+    if 4 * k <= m:
+        return False, k
+    return True, (k if k < 512 else max(256, -(-k // 4)))
+
+
+def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += a @ b in place, also when out is a slice of a larger tensor (no temporary)."""
+    if out.dim() == 2:
+        out.addmm_(a, b)
+        return
+    batch = out.shape[:-2]
+    flat = out.view(-1, *out.shape[-2:])
+    flat.baddbmm_(a.expand(batch + a.shape[-2:]).reshape(-1, *a.shape[-2:]),
+                  b.expand(batch + b.shape[-2:]).reshape(-1, *b.shape[-2:]))
+
+
+def _mm_lower_right_into(x: torch.Tensor, low: torch.Tensor, nb: int,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """out (+)= x @ low for lower-trapezoidal low (*, n, k); nb = 0: plain product.
+
+    Column block J reads rows j0: of low only, and is written in place (no temporaries).
+    """
+    if not nb:
+        if out is None:
+            return x @ low
+        _addmm_(out, x, low)
+        return out
+    n, k = low.shape[-2], low.shape[-1]
+    if out is None:
+        batch = torch.broadcast_shapes(x.shape[:-2], low.shape[:-2])
+        out = x.new_zeros(*batch, x.shape[-2], k)
+    for j0 in range(0, k, nb):
+        j1 = min(j0 + nb, k)
+        _addmm_(out[..., :, j0:j1], x[..., :, j0:n], low[..., j0:n, j0:j1])
+    return out
+
+
+class _ReflectorMatrix:
+    """Products with V (*, m, k) without forming it when ``nb < k`` (unit lower case).
+
+    V = tril(A, -1) + I on its first k columns. Rows ``i0:i1`` of V restricted to columns
+    ``:c1`` (c1 <= i1) are ``A[i0:i1, :c1]`` below the diagonal, ones on it and zeros above;
+    rows ``>= k`` are ``A`` itself. Only such row blocks (at most nb x k) are materialised.
+    With ``unit_lower=False`` V is the caller's tensor and every product is one GEMM.
+    """
+
+    def __init__(self, v_in: torch.Tensor, k: int, unit_lower: bool, blocked: bool,
+                 nb: int) -> None:
+        self.k, self.m, self.nb = k, v_in.shape[-2], nb
+        self.a = v_in[..., :k] if v_in.shape[-1] != k else v_in
+        self.blocked = unit_lower and blocked
+        self.full = None if self.blocked else _build_v(v_in, k, unit_lower)
+
+    def diag_block(self, j0: int, j1: int) -> torch.Tensor:
+        """V[j0:j1, j0:j1] (unit lower triangular) as a fresh tensor; V[j0:j1, :j0] is A."""
+        blk = self.a[..., j0:j1, j0:j1].tril(-1)
+        blk.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        return blk
+
+    def starts(self) -> list[tuple[int, int]]:
+        return [(j0, min(j0 + self.nb, self.k)) for j0 in range(0, self.k, self.nb)]
+
+    def gram(self) -> torch.Tensor:
+        """V^T V (*, k, k); blocked: column block J of the upper part is
+        V[j0:, :j1]^T V[j0:, J], the lower part is copied from it."""
+        if not self.blocked:
+            return self.full.mT @ self.full
+        a, k = self.a, self.k
+        s = a.new_zeros(*a.shape[:-2], k, k)
+        for j0, j1 in self.starts():
+            vd = self.diag_block(j0, j1)
+            if j0:
+                _addmm_(s[..., :j0, j0:j1], a[..., j0:j1, :j0].mT, vd)
+            _addmm_(s[..., j0:j1, j0:j1], vd.mT, vd)
+            del vd
+            if j1 < self.m:
+                _addmm_(s[..., :j1, j0:j1], a[..., j1:, :j1].mT, a[..., j1:, j0:j1])
+            if j0:
+                s[..., j0:j1, :j0].copy_(s[..., :j0, j0:j1].mT)
+        return s
+
+    def top_t(self, n: int) -> torch.Tensor:
+        """A fresh copy of V[:n]^T (*, k, n)."""
+        if not self.blocked:
+            return self.full[..., :n, :].mT.clone(memory_format=torch.contiguous_format)
+        t = self.a[..., :n, :].mT.clone(memory_format=torch.contiguous_format).triu_(1)
+        t.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        return t
+
+    def gt_v(self, g: torch.Tensor) -> torch.Tensor:
+        """G^T V (*, n, k) for G (*, m, n); column block J reads rows j0: of G."""
+        if not self.blocked:
+            return g.mT @ self.full
+        a = self.a
+        out = g.new_zeros(*g.shape[:-2], g.shape[-1], self.k)
+        for j0, j1 in self.starts():
+            col = out[..., :, j0:j1]
+            _addmm_(col, g[..., j0:j1, :].mT, self.diag_block(j0, j1))
+            if j1 < self.m:
+                _addmm_(col, g[..., j1:, :].mT, a[..., j1:, j0:j1])
+        return out
+
+    def add_v_times_(self, out: torch.Tensor, w: torch.Tensor) -> None:
+        """out += V w for w (*, k, c), in place, row block by row block."""
+        if not self.blocked:
+            _addmm_(out, self.full, w)
+            return
+        a, k, m = self.a, self.k, self.m
+        for i0, i1 in self.starts():
+            rows = out[..., i0:i1, :]
+            if i0:
+                _addmm_(rows, a[..., i0:i1, :i0], w[..., :i0, :])
+            _addmm_(rows, self.diag_block(i0, i1), w[..., i0:i1, :])
+        if m > k:
+            _addmm_(out[..., k:, :], a[..., k:, :], w)
+
+
+def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: torch.Tensor,
+                           k: int, n: int, unit_lower: bool, eps: float, need_v: bool,
+                           need_tau: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dL/dv_in, dL/dtau) for Y = Q E; same formulas as HouseholderApply.backward."""
+    m = v_in.shape[-2]
+    blocked, nb = _lowmem_block(m, k)
+    vm = _ReflectorMatrix(v_in, k, unit_lower, blocked, nb)
+    # V^T V = S + S^T + diag(||v_j||^2); the diagonal gives the exact tau (float32 sums are
+    # enough for the gradient; the forward's float64 care is about orthogonality)
+    s = vm.gram()
+    active = None
+    if tau_in is not None:
+        tau = tau_in
+    else:
+        sq = s.diagonal(dim1=-2, dim2=-1)
+        if unit_lower:
+            tau = 2.0 / sq
+        else:
+            floor = eps * eps
+            active = sq > floor
+            tau = 2.0 / sq.clamp_min(floor)
+        del sq  # a view of S
+    # Scaling the rows by tau puts D S (N - I) in the strict upper triangle and (S D)^T
+    # (N'^T - I) in the strict lower one: one k x k buffer serves both solves, since a unit
+    # triangular solve reads one strict triangle only.
+    s.mul_(tau.unsqueeze(-1))
+    # R_b^T = G^T V N^{-1}
+    r_bt = vm.gt_v(g)
+    torch.linalg.solve_triangular(s, r_bt, upper=True, left=False, unitriangular=True,
+                                  out=r_bt)
+    # R_a = N'^{-1} V[:n]^T, as R_a^T = V[:n] N'^{-T} with N'^T the lower triangle
+    r_a = vm.top_t(n)
+    torch.linalg.solve_triangular(s, r_a.mT, upper=False, left=False, unitriangular=True,
+                                  out=r_a.mT)
+    del s
+    # Mn = R_b R_a^T = -M;  dL/dtau = diag(M)
+    snb = _structured_block(k, unit_lower)  # R_a is upper trapezoidal when unit_lower
+    mn = _mm_lower_right_into(r_bt.mT, r_a.mT, snb)
+    grad_tau = None
+    if need_tau and tau_in is not None:
+        grad_tau = mn.diagonal(dim1=-2, dim2=-1).neg()
+    if not need_v:
+        return None, grad_tau
+    # W = D Mn D: its strict upper part is -P and its diagonal tau^2 diag(Mn) is the
+    # exact-tau term -coef, so dL/dV = -G C^T + V (W_sym) - E Z^T with W_sym the symmetric
+    # matrix of striu(W), diagonal kept for tau=None (zeroed where tau is given or the
+    # reflector was clamped).
+    w = mn.mul_(tau.unsqueeze(-1)).mul_(tau.unsqueeze(-2))
+    del mn
+    neg_tau = tau.neg()
+    r_a.mul_(neg_tau.unsqueeze(-1))    # -C = -D R_a
+    r_bt.mul_(neg_tau.unsqueeze(-2))   # -Z^T = -R_b^T D
+    if m == n and r_bt.is_contiguous():
+        gv = r_bt                      # -E Z^T fills the whole of dL/dV
+        _mm_lower_right_into(g, r_a.mT, snb, out=gv)
+    else:
+        gv = _mm_lower_right_into(g, r_a.mT, snb)
+        gv.narrow(-2, 0, n).add_(r_bt)
+    del r_a, r_bt
+    upper = w.triu(1)  # w := striu(w) + striu(w)^T + diag(w), one k x k temporary
+    w.triu_().add_(upper.mT)
+    del upper
+    if tau_in is not None:
+        w.diagonal(dim1=-2, dim2=-1).zero_()
+    elif active is not None:
+        w.diagonal(dim1=-2, dim2=-1).mul_(active.to(w.dtype))
+    vm.add_v_times_(gv, w)
+    del w, vm
+    return _scatter_v_grad(gv, v_in, unit_lower), grad_tau

@@ -131,7 +131,7 @@ def householder_product(A: torch.Tensor, tau: torch.Tensor | None = None, *,
         out = torch.eye(m, n, dtype=A.dtype, device=A.device).expand(A.shape).clone()
         # keep the graph connected so that .backward() gives zero gradients, not an error
         return out + _graph_zero(A, tau)
-    return _householder.HouseholderApply.apply(A, tau, None, n, True, False, 0.0, k)
+    return _householder.apply(A, tau, None, n, True, False, 0.0, k)
 
 
 def householder_orgqr(param: torch.Tensor, tau: torch.Tensor | None = None,
@@ -192,7 +192,7 @@ def householder_orgqr(param: torch.Tensor, tau: torch.Tensor | None = None,
         base = eye if eye is not None else torch.eye(d, r, dtype=param.dtype,
                                                       device=param.device).expand(param.shape)
         return base + _graph_zero(param, tau)
-    return _householder.HouseholderApply.apply(param, tau, eye, r, False, False, float(eps), r)
+    return _householder.apply(param, tau, eye, r, False, False, float(eps), r)
 
 
 def householder_apply(A: torch.Tensor, tau: torch.Tensor | None, X: torch.Tensor, *,
@@ -269,9 +269,9 @@ def householder_apply(A: torch.Tensor, tau: torch.Tensor | None, X: torch.Tensor
         out = x_b.clone()
         return out + _graph_zero(A, tau)
     if left:
-        return _householder.HouseholderApply.apply(a_b, tau_b, x_b, x_b.shape[-1], True,
+        return _householder.apply(a_b, tau_b, x_b, x_b.shape[-1], True,
                                                    adjoint, 0.0, k)
     # X Q' = (Q'^T X^T)^T
-    y_t = _householder.HouseholderApply.apply(a_b, tau_b, x_b.mT, x_b.shape[-2], True,
+    y_t = _householder.apply(a_b, tau_b, x_b.mT, x_b.shape[-2], True,
                                               not adjoint, 0.0, k)
     return y_t.mT
