@@ -6,6 +6,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from difflinalg.bench import _report, _timing
 from difflinalg.bench.cli import main
@@ -172,3 +173,21 @@ def test_sweep_keeps_d_at_least_r():
     for config in ((1, 1024, 1024), (1, 2048, 64), (1, 256, 32)):
         assert config in quick
     assert any(b > 1 for b, _, _ in quick)
+
+
+def test_heap_for_memory_makes_the_peak_follow_live_tensors():
+    from difflinalg.bench._memory import PeakMemory, heap_for_memory, heap_for_timing
+
+    if not heap_for_memory():
+        pytest.skip("glibc mallopt not available")
+    try:
+        with PeakMemory() as mem:
+            x = torch.ones(8 << 20, dtype=torch.uint8)
+            del x
+            y = torch.ones(4 << 20, dtype=torch.uint8)  # its own mapping, not x's pages
+            del y
+        if mem.peak_extra_bytes is None:
+            pytest.skip(mem.reason)
+        assert (7 << 20) <= mem.peak_extra_bytes <= (10 << 20)
+    finally:
+        assert heap_for_timing()

@@ -535,6 +535,9 @@ def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     if out.dim() == 2:
         out.addmm_(a, b)
         return
+    if out.dim() == a.dim() == b.dim() == 3 and out.shape[0] == a.shape[0] == b.shape[0]:
+        out.baddbmm_(a, b)
+        return
     batch = out.shape[:-2]
     flat = out.view(-1, *out.shape[-2:])
     flat.baddbmm_(a.expand(batch + a.shape[-2:]).reshape(-1, *a.shape[-2:]),
@@ -646,6 +649,17 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
                            k: int, n: int, unit_lower: bool, eps: float, need_v: bool,
                            need_tau: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(dL/dv_in, dL/dtau) for Y = Q E; same formulas as HouseholderApply.backward."""
+    batch = v_in.shape[:-2]
+    if len(batch) > 1 or (batch and batch[0] == 1):
+        # one batch dim at most, none for a single matrix: fewer views per op, mm not bmm
+        lead = (-1,) if math.prod(batch) > 1 else ()
+        grads = _orgqr_backward_lowmem(
+            v_in.reshape(lead + v_in.shape[-2:]),
+            None if tau_in is None else tau_in.reshape(lead + tau_in.shape[-1:]),
+            g.reshape(lead + g.shape[-2:]), k, n, unit_lower, eps, need_v, need_tau)
+        grad_v, grad_tau = grads
+        return (None if grad_v is None else grad_v.reshape(v_in.shape),
+                None if grad_tau is None else grad_tau.reshape(tau_in.shape))
     m = v_in.shape[-2]
     blocked, nb = _lowmem_block(m, k)
     vm = _ReflectorMatrix(v_in, k, unit_lower, blocked, nb)
@@ -667,7 +681,8 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
     # Scaling the rows by tau puts D S (N - I) in the strict upper triangle and (S D)^T
     # (N'^T - I) in the strict lower one: one k x k buffer serves both solves, since a unit
     # triangular solve reads one strict triangle only.
-    s.mul_(tau.unsqueeze(-1))
+    tau_col, tau_row = tau.unsqueeze(-1), tau.unsqueeze(-2)
+    s.mul_(tau_col)
     # R_b^T = G^T V N^{-1}
     r_bt = vm.gt_v(g)
     torch.linalg.solve_triangular(s, r_bt, upper=True, left=False, unitriangular=True,
@@ -689,7 +704,7 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
     # exact-tau term -coef, so dL/dV = -G C^T + V (W_sym) - E Z^T with W_sym the symmetric
     # matrix of striu(W), diagonal kept for tau=None (zeroed where tau is given or the
     # reflector was clamped).
-    w = mn.mul_(tau.unsqueeze(-1)).mul_(tau.unsqueeze(-2))
+    w = mn.mul_(tau_col).mul_(tau_row)
     del mn
     neg_tau = tau.neg()
     r_a.mul_(neg_tau.unsqueeze(-1))    # -C = -D R_a

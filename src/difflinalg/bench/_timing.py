@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
-from ._memory import PeakMemory
+from ._memory import PeakMemory, heap_for_memory, heap_for_timing
 
 __all__ = ["Budget", "IsolatedRunner", "OtherLoad", "measure", "profile_differentiable"]
 
@@ -135,10 +135,14 @@ def profile_differentiable(forward: Callable[[torch.Tensor], torch.Tensor],
     Stages: ``small_warmup()`` (the same method on a tiny input, to get one-off
     initialisation out of the way cheaply); the first full-size forward+backward, whose
     output and gradient are returned for the accuracy checks and whose wall time budgets the
-    later stages; the peak extra memory of one more forward+backward, now warm - unless that
+    later stages (with glibc's heap set by :func:`~difflinalg.bench._memory.heap_for_memory`
+    so that resident memory follows the live tensors); the peak extra memory of one more
+    forward+backward, now warm - unless that
     call is slow (over 5% of the time budget), in which case the first call's peak is kept
     (``peak_memory_call: "first"``: after the small warm-up, one-off allocations add well
-    under a MiB); then :func:`measure` of the forward and of forward+backward.
+    under a MiB); then, with the heap back to its steady state
+    (:func:`~difflinalg.bench._memory.heap_for_timing`), :func:`measure` of the forward and of
+    forward+backward.
 
     Args:
         forward: the method, ``param -> output``; ``output`` has the shape of ``cotangent``.
@@ -165,6 +169,8 @@ def profile_differentiable(forward: Callable[[torch.Tensor], torch.Tensor],
         return grad
 
     report({"stage": "warm-up"})
+    if memory:
+        entry["heap"] = "precise" if heap_for_memory() else "default"
     if small_warmup is not None:
         small_warmup()
     with PeakMemory(enabled=memory) as first:
@@ -189,6 +195,8 @@ def profile_differentiable(forward: Callable[[torch.Tensor], torch.Tensor],
             skipped["memory"] = peak.reason
         report({"peak_extra_bytes": peak.peak_extra_bytes, "peak_memory_call": which})
 
+    if memory:
+        heap_for_timing()
     for stage, fn, seconds in (("fwd", lambda: forward(param), fwd_seconds),
                                ("fwd_bwd", fwd_bwd, call_seconds)):
         report({"stage": "forward timing" if stage == "fwd" else "forward+backward timing"})

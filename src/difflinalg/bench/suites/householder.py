@@ -488,7 +488,10 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
         "forward+backward. Speed-up vs X = time(X) / time(ours) (> 1: ours faster). "
         "ortho err = max over the batch of ||Q^T Q - I||_F / sqrt(r); grad err = "
         "||g - g64|| / ||g64|| against the same method in float64; peak mem = peak extra "
-        "resident memory of forward+backward as a multiple of the output size; GEMM % = "
+        "resident memory of forward+backward (the incoming gradient and the result included) "
+        "as a multiple of the output size, measured with glibc's mmap threshold at 64 KiB and "
+        "no heap padding so that resident memory follows the live tensors (timings are taken "
+        "afterwards with a 32 MiB threshold, glibc's steady state); GEMM % = "
         "optimal forward flops per second of ours over the rate of a (b, d, r) @ (b, r, r) "
         "GEMM. n/r = not run (preset limit), timeout/error: see below.", ""]
     for b in sorted({row["b"] for row in rows}):
