@@ -692,30 +692,28 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
     torch.linalg.solve_triangular(s, r_a.mT, upper=False, left=False, unitriangular=True,
                                   out=r_a.mT)
     del s
-    # Mn = R_b R_a^T = -M;  dL/dtau = diag(M)
-    snb = _structured_block(k, unit_lower)  # R_a is upper trapezoidal when unit_lower
-    mn = _mm_lower_right_into(r_bt.mT, r_a.mT, snb)
+    # dL/dtau = diag(M) = -diag(R_b R_a^T)
     grad_tau = None
     if need_tau and tau_in is not None:
-        grad_tau = mn.diagonal(dim1=-2, dim2=-1).neg()
+        grad_tau = (r_bt.mT * r_a).sum(-1).neg_()
     if not need_v:
         return None, grad_tau
-    # W = D Mn D: its strict upper part is -P and its diagonal tau^2 diag(Mn) is the
-    # exact-tau term -coef, so dL/dV = -G C^T + V (W_sym) - E Z^T with W_sym the symmetric
-    # matrix of striu(W), diagonal kept for tau=None (zeroed where tau is given or the
-    # reflector was clamped).
-    w = mn.mul_(tau_col).mul_(tau_row)
-    del mn
-    neg_tau = tau.neg()
-    r_a.mul_(neg_tau.unsqueeze(-1))    # -C = -D R_a
-    r_bt.mul_(neg_tau.unsqueeze(-2))   # -Z^T = -R_b^T D
+    # With Z^T = R_b^T D and C = D R_a: D M D = -Z C^T; its strict upper part is P and its
+    # diagonal the exact-tau term coef, so with w = Z C^T
+    #   dL/dV = -(G C^T + E Z^T) + V w_sym,  w_sym = striu(w) + striu(w)^T + diag(w)
+    # with the diagonal kept for tau=None only (and not where the norm was clamped).
+    r_bt.mul_(tau_row)                 # Z^T
+    r_a.mul_(tau_col)                  # C (upper trapezoidal when unit_lower)
+    snb = _structured_block(k, unit_lower)
+    w = _mm_lower_right_into(r_bt.mT, r_a.mT, snb)   # Z C^T = -W
     if m == n and r_bt.is_contiguous():
-        gv = r_bt                      # -E Z^T fills the whole of dL/dV
+        gv = r_bt                      # E Z^T fills the whole of dL/dV
         _mm_lower_right_into(g, r_a.mT, snb, out=gv)
     else:
         gv = _mm_lower_right_into(g, r_a.mT, snb)
         gv.narrow(-2, 0, n).add_(r_bt)
     del r_a, r_bt
+    gv.neg_()
     upper = w.triu(1)  # w := striu(w) + striu(w)^T + diag(w), one k x k temporary
     w.triu_().add_(upper.mT)
     del upper
