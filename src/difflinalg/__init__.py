@@ -5,6 +5,17 @@ from __future__ import annotations
 from . import nn, testing
 from ._errors import DiffLinalgError, DTypeError, ShapeError
 from .orthogonal import householder_apply, householder_orgqr, householder_product
+from .spectral import (
+    EighResult,
+    eigh,
+    eigvalsh,
+    expm_sym,
+    inv_sqrtm_psd,
+    logm_spd,
+    matrix_function,
+    powm_psd,
+    sqrtm_psd,
+)
 
 __version__ = "0.1.0"
 
@@ -12,6 +23,15 @@ __all__ = [
     "householder_product",
     "householder_orgqr",
     "householder_apply",
+    "eigh",
+    "eigvalsh",
+    "EighResult",
+    "matrix_function",
+    "sqrtm_psd",
+    "inv_sqrtm_psd",
+    "powm_psd",
+    "logm_spd",
+    "expm_sym",
     "DiffLinalgError",
     "ShapeError",
     "DTypeError",

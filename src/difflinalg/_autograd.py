@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["no_tf32"]
+__all__ = ["no_tf32", "classic_twin", "apply_fastest"]
 
 
 @contextlib.contextmanager
@@ -26,3 +26,32 @@ def no_tf32(ref: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def classic_twin(cls: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """The classic ``forward(ctx, ...)`` form of a ``setup_context``-form Function.
+
+    Same forward, setup_context, backward and jvp. ``Function.apply`` of the setup_context
+    form binds its arguments with ``inspect.signature`` on every call (tens of microseconds,
+    as much as a small matrix op); that form is only required inside torch.func transforms.
+    Use :func:`apply_fastest` to pick.
+    """
+
+    def forward(ctx, *inputs):
+        output = cls.forward(*inputs)
+        cls.setup_context(ctx, inputs, output)
+        return output
+
+    attrs = {"forward": staticmethod(forward), "backward": staticmethod(cls.backward),
+             "__doc__": f"Classic-form twin of {cls.__name__} (see classic_twin)."}
+    if "jvp" in cls.__dict__:
+        attrs["jvp"] = staticmethod(cls.jvp)
+    return type(cls.__name__ + "Classic", (torch.autograd.Function,), attrs)
+
+
+def apply_fastest(cls: type[torch.autograd.Function], twin: type[torch.autograd.Function],
+                  *args):
+    """``cls.apply(*args)`` inside torch.func transforms, ``twin.apply(*args)`` elsewhere."""
+    if torch._C._are_functorch_transforms_active():
+        return cls.apply(*args)
+    return twin.apply(*args)

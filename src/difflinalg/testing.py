@@ -1,7 +1,9 @@
 """Slow, obvious reference implementations and input generators (public, for tests).
 
-The references apply one reflector at a time with plain differentiable torch ops, so that
-autograd gives their gradients; they are the oracle the fast ops are tested against.
+The Householder references apply one reflector at a time with plain differentiable torch
+ops, so that autograd gives their gradients. The spectral references need no eigenvector
+derivative at all: the Frechet derivative of a matrix function is read off the function of
+a 2n x 2n block matrix. They are the oracles the fast ops are tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ __all__ = [
     "exact_tau",
     "random_reflectors",
     "orthogonality_error",
+    "block_frechet",
+    "symmetric_with_spectrum",
 ]
 
 
@@ -91,3 +95,28 @@ def orthogonality_error(M: torch.Tensor) -> torch.Tensor:
     r = M.shape[-1]
     eye = torch.eye(r, dtype=torch.float64, device=M.device)
     return torch.linalg.matrix_norm(m64.mT @ m64 - eye) / max(r, 1) ** 0.5
+
+
+def block_frechet(matfun, A: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+    """Frechet derivative Df(A)[E] as the top-right block of f([[A, E], [0, A]]).
+
+    Holds for any primary matrix function f (Higham, *Functions of Matrices*, 2008,
+    Thm. 3.6 / Mathias 1996), at repeated eigenvalues too; ``matfun`` maps a (*, 2n, 2n)
+    tensor to f of it (e.g. torch.matrix_exp, or a wrapped scipy.linalg function). Run it
+    in float64.
+    """
+    n = A.shape[-1]
+    top = torch.cat([A, E], dim=-1)
+    bottom = torch.cat([torch.zeros_like(A), A], dim=-1)
+    return matfun(torch.cat([top, bottom], dim=-2))[..., :n, n:]
+
+
+def symmetric_with_spectrum(eigenvalues: torch.Tensor, *, generator=None) -> torch.Tensor:
+    """Q diag(eigenvalues) Q^T for a random orthogonal Q (Haar, via QR with sign fix)."""
+    n = eigenvalues.shape[-1]
+    g = torch.randn(*eigenvalues.shape[:-1], n, n, dtype=eigenvalues.dtype,
+                    generator=generator)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(r.diagonal(dim1=-2, dim2=-1)).unsqueeze(-2)
+    a = (q * eigenvalues.unsqueeze(-2)) @ q.mT
+    return (a + a.mT) / 2

@@ -1,0 +1,431 @@
+r"""Symmetric eigendecomposition and spectral matrix functions with exact, finite gradients.
+
+* :func:`eigh` / :func:`eigvalsh` - drop-ins for :func:`torch.linalg.eigh` /
+  :func:`torch.linalg.eigvalsh` whose backward is vectorised, finite at repeated eigenvalues,
+  and costs ``O(n^2 k)`` for the top (or bottom) ``k`` pairs.
+* :func:`matrix_function` - ``F(A) = V f(L) V^T`` for any elementwise ``f``, differentiated by
+  the Daleckii-Krein (Loewner) formula, which is exact at repeated eigenvalues too.
+* :func:`sqrtm_psd`, :func:`inv_sqrtm_psd`, :func:`powm_psd`, :func:`logm_spd`,
+  :func:`expm_sym` - the common cases with closed-form, cancellation-free divided differences.
+
+Every op symmetrises its input as ``(A + A^T) / 2`` first (only the symmetric part of ``A``
+matters, and the gradient returned is symmetric), takes any batch dims ``(*, n, n)``, float32
+and float64 on any device, and supports reverse mode, forward mode (``torch.func.jvp``),
+``torch.func.vmap`` and double backward. ``compute_dtype=torch.float64`` runs the eigensolver
+and the Loewner matrix in double precision for a float32 input. See
+``docs/derivations/spectral.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from . import _spectral as sp
+from ._autograd import apply_fastest, classic_twin
+from ._checks import check_finite, check_min_dim, check_real_floating, check_tensor
+from ._errors import DTypeError, ShapeError, describe
+
+__all__ = ["EighResult", "eigh", "eigvalsh", "matrix_function", "sqrtm_psd", "inv_sqrtm_psd",
+           "powm_psd", "logm_spd", "expm_sym"]
+
+
+class EighResult(NamedTuple):
+    """``(eigenvalues, eigenvectors)``, eigenvalues ascending, like ``torch.linalg.eigh``."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+
+
+def _default_rtol(n: int, dtype: torch.dtype) -> float:
+    # eigh's eigenvalues are accurate to about n eps ||A||; closer pairs are equal to
+    # working precision and their 1/(l_i - l_j) is noise
+    return max(n, 10) * torch.finfo(dtype).eps
+
+
+def _check_square(op: str, A: torch.Tensor, compute_dtype: torch.dtype | None,
+                  check: bool) -> None:
+    check_tensor(op, "A", A)
+    check_real_floating(op, "A", A)
+    check_min_dim(op, "A", A, 2, "(*, n, n)")
+    if A.shape[-1] != A.shape[-2]:
+        raise ShapeError(f"{op}: expected a square matrix A of shape (*, n, n), "
+                         f"but got {describe('A', A)}")
+    if compute_dtype is not None and compute_dtype not in (torch.float32, torch.float64):
+        raise DTypeError(f"{op}: expected compute_dtype to be None, torch.float32 or "
+                         f"torch.float64, but got {compute_dtype!r}")
+    if check:
+        check_finite(op, "A", A)
+
+
+def _eigh_sym(A: torch.Tensor, compute_dtype: torch.dtype | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    a = A if compute_dtype is None else A.to(compute_dtype)
+    return torch.linalg.eigh(sp.symmetrize(a))
+
+
+# ----------------------------------------------------------------------------- eigh
+
+
+def _select(lam: torch.Tensor, v: torch.Tensor, k: int | None, largest: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The pairs returned: all, the k largest or the k smallest (ascending); and the offset."""
+    n = lam.shape[-1]
+    if k is None:
+        return lam, v, 0
+    start = n - k if largest else 0
+    return lam[..., start:start + k], v[..., start:start + k], start
+
+
+class _Eigh(torch.autograd.Function):
+    """(L_K, V_K) of sym(A), K = all or a contiguous range of k indices."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A: torch.Tensor, k: int | None, largest: bool, rtol: float,
+                compute_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+        lam, v = _eigh_sym(A, compute_dtype)
+        lk, vk, _ = _select(lam, v, k, largest)
+        if k is not None:
+            lk, vk = lk.clone(), vk.clone()
+        return lk.to(A.dtype), vk.to(A.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        A, k, largest, rtol, compute_dtype = inputs
+        ctx.k, ctx.largest, ctx.rtol, ctx.dtype = k, largest, rtol, A.dtype
+        ctx.compute_dtype = compute_dtype
+        ctx.fwd_A = A  # for jvp (runs right after forward; no copy)
+        if k is None and compute_dtype in (None, A.dtype):
+            # the outputs are all that the backward needs; saved as outputs they keep
+            # double backward differentiable through this node
+            ctx.save_for_backward(*output)
+            ctx.full = False
+        else:  # the complementary eigenvectors are needed: recompute them in backward
+            ctx.save_for_backward(A)
+            ctx.full = True
+        ctx.out = output
+
+    @staticmethod
+    def backward(ctx: Any, g_l: torch.Tensor | None, g_v: torch.Tensor | None):
+        if ctx.full:
+            (A,) = ctx.saved_tensors
+            lam, v = _eigh_sym(A, ctx.compute_dtype)
+        else:
+            lam, v = ctx.saved_tensors
+        n = lam.shape[-1]
+        k = n if ctx.k is None else ctx.k
+        start = 0 if ctx.k is None else (n - k if ctx.largest else 0)
+        vk = v[..., start:start + k]
+        wd = v.dtype
+        # M (n x k) = F[:, K] o (V^T dV) + diag block of dL: dA = sym(V M V_K^T)
+        if g_v is not None:
+            f = sp.eigvec_gap_inverse(lam, ctx.rtol)[..., start:start + k]
+            m = f * (v.mT @ g_v.to(wd))
+        else:
+            m = torch.zeros(*lam.shape, k, dtype=wd, device=lam.device)
+        if g_l is not None:
+            m = m + torch.nn.functional.pad(torch.diag_embed(g_l.to(wd)),
+                                            (0, 0, start, n - k - start))
+        ga = (v @ m) @ vk.mT
+        return sp.symmetrize(ga).to(ctx.dtype), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, dA: torch.Tensor, *_unused):
+        k = ctx.k
+        if ctx.full:  # the eigenvector part reads the whole spectrum
+            lam, v = _eigh_sym(ctx.fwd_A, ctx.compute_dtype)
+        else:
+            lam, v = ctx.out
+        n = lam.shape[-1]
+        start = 0 if k is None else (n - k if ctx.largest else 0)
+        kk = n if k is None else k
+        vks = v[..., start:start + kk]
+        e = v.mT @ sp.symmetrize(dA.to(v.dtype)) @ vks          # (n x k): V^T dA V_K
+        dl = e[..., start:start + kk, :].diagonal(dim1=-2, dim2=-1)
+        f = sp.eigvec_gap_inverse(lam, ctx.rtol)[..., start:start + kk]
+        dv = v @ (f * e)
+        return dl.to(ctx.dtype), dv.to(ctx.dtype)
+
+
+_EighClassic = classic_twin(_Eigh)
+
+
+def eigh(A: torch.Tensor, *, k: int | None = None, largest: bool = True,
+         gap_rtol: float | None = None, compute_dtype: torch.dtype | None = None,
+         check: bool = False) -> EighResult:
+    r"""Eigenvalues (ascending) and eigenvectors of ``sym(A) = (A + A^T)/2``, differentiably.
+
+    Same results as :func:`torch.linalg.eigh` on ``sym(A)``; with ``k`` only the ``k``
+    largest (``largest=True``) or smallest pairs, still in ascending order.
+
+    Backward (vectorised, no loop over eigenvalues)::
+
+        dL/dA = sym(V (diag(dL/dl) + F o (V^T dL/dV)) V_K^T),  F_ij = 1 / (l_j - l_i)
+
+    where ``F`` is taken over all ``n`` eigenvectors but only the ``k`` returned columns, so the
+    top-k backward costs ``O(n^2 k)``. Pairs with ``|l_i - l_j| <= gap_rtol * max|lam|`` (equal
+    to working precision; default ``max(n, 10) * eps(dtype)``, relative, not an absolute
+    1e-9) get ``F_ij = 0``. What that buys:
+
+    * the gradient is always finite (torch's is NaN at the identity or any repeated eigenvalue);
+    * it is exact for losses that depend on the eigenvectors only through projectors onto
+      whole eigenspaces (``V_K V_K^T`` of a top-k block separated from the rest by a gap, or
+      the eigenvalues themselves): the masked terms cancel exactly for those;
+    * it is *not* exact in general, even for a loss that is invariant to the basis chosen
+      inside a repeated eigenspace, such as ``tr(V diag(lam^2) V^T G) = tr(A^2 G)``: the true
+      gradient there is a 0/0 limit that ``dL/dV`` alone cannot resolve. Such losses are
+      functions of the matrix; use :func:`matrix_function` (or the named functions), which is
+      exact for every ``f``. For losses that depend on the arbitrary basis or signs of the
+      eigenvectors inside a repeated eigenspace, no gradient exists; the masked one is then
+      the one of the basis returned by the solver, held fixed.
+
+    Args:
+        A: ``(*, n, n)``, float32 or float64.
+        k: number of pairs to return, ``1 <= k <= n``; None for all.
+        largest: with ``k``, the largest (True) or the smallest (False) eigenvalues.
+        gap_rtol: relative gap below which two eigenvalues are treated as equal in the
+            backward.
+        compute_dtype: dtype of the eigensolve (e.g. ``torch.float64`` for a float32 input).
+        check: raise on non-finite input (a device sync on GPU).
+
+    Returns:
+        ``EighResult(eigenvalues (*, k), eigenvectors (*, n, k))``.
+
+    Saved for backward: the returned ``L`` and ``V`` when all pairs are returned in the input
+    dtype; otherwise only ``A`` (the backward recomputes the decomposition, which costs one
+    forward).
+
+    References:
+        J. R. Magnus, "On differentiating eigenvalues and eigenvectors", Econometric Theory
+        1(2), 1985. M. B. Giles, "An extended collection of matrix derivative results for
+        forward and reverse mode AD", 2008.
+    """
+    op = "eigh"
+    _check_square(op, A, compute_dtype, check)
+    n = A.shape[-1]
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise ShapeError(f"{op}: expected k to be an integer with 1 <= k <= n = {n}, "
+                             f"but got k={k!r} with {describe('A', A)}")
+        if k == n:
+            k = None
+    rtol = _default_rtol(n, compute_dtype or A.dtype) if gap_rtol is None else float(gap_rtol)
+    if not rtol >= 0:
+        raise ShapeError(f"{op}: expected gap_rtol >= 0, but got {gap_rtol!r}")
+    lam, v = apply_fastest(_Eigh, _EighClassic, A, k, largest, rtol, compute_dtype)
+    return EighResult(lam, v)
+
+
+class _Eigvalsh(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A: torch.Tensor, compute_dtype: torch.dtype | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        lam, v = _eigh_sym(A, compute_dtype)
+        return lam.to(A.dtype), v.to(A.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.v = output[1]
+
+    @staticmethod
+    def backward(ctx: Any, g_l: torch.Tensor | None, _g_v: Any):
+        A, v = ctx.saved_tensors
+        if g_l is None:
+            return None, None
+        if torch.is_grad_enabled():  # create_graph: V as a differentiable function of A
+            v = eigh(A).eigenvectors
+        return (v * g_l.unsqueeze(-2)) @ v.mT, None
+
+    @staticmethod
+    def jvp(ctx: Any, dA: torch.Tensor, _unused: Any):
+        v = ctx.v
+        dl = ((v.mT @ sp.symmetrize(dA)) * v.mT).sum(-1)
+        return dl, None
+
+
+_EigvalshClassic = classic_twin(_Eigvalsh)
+
+
+def eigvalsh(A: torch.Tensor, *, compute_dtype: torch.dtype | None = None,
+             check: bool = False) -> torch.Tensor:
+    r"""Eigenvalues (ascending) of ``sym(A)``; backward ``V diag(dL/dl) V^T`` (always exact).
+
+    Eigenvalues are Lipschitz in ``A``; their gradient exists wherever they are simple and
+    this formula gives a valid (sub)gradient where they repeat. Saves ``V`` only.
+    """
+    op = "eigvalsh"
+    _check_square(op, A, compute_dtype, check)
+    lam, _ = apply_fastest(_Eigvalsh, _EigvalshClassic, A, compute_dtype)
+    return lam
+
+
+# ----------------------------------------------------------------------------- F(A)
+
+
+class _MatrixFunction(torch.autograd.Function):
+    """F(A) = V f(L) V^T with the Loewner backward; saves V and L (and A, for create_graph)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A: torch.Tensor, fn: sp.SpectralFn, compute_dtype: torch.dtype | None
+                ) -> torch.Tensor:
+        lam, v = _eigh_sym(A, compute_dtype)
+        return ((v * fn.value(lam).unsqueeze(-2)) @ v.mT).to(A.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        A, fn, compute_dtype = inputs
+        ctx.fn, ctx.compute_dtype, ctx.dtype = fn, compute_dtype, A.dtype
+        ctx.save_for_backward(A)
+        ctx.fwd_A = A  # for jvp (runs right after forward; no copy)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        (A,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph: the decomposition through eigh's differentiable node, so that
+            # autograd sees how V and L move with A (double backward)
+            a = A if ctx.compute_dtype is None else A.to(ctx.compute_dtype)
+            lam, v = eigh(a)
+        else:
+            lam, v = _eigh_sym(A, ctx.compute_dtype)
+        ga, inner = sp.derivative_map(ctx.fn, lam, v, sp.symmetrize(g.to(v.dtype)))
+        extra = sp.floor_terms(ctx.fn, lam, v, inner, adjoint=True)
+        if extra is not None:
+            ga = ga + extra
+        return ga.to(ctx.dtype), None, None
+
+    @staticmethod
+    def jvp(ctx: Any, dA: torch.Tensor, *_unused):
+        A = ctx.fwd_A
+        lam, v = _eigh_sym(A, ctx.compute_dtype)
+        df, inner = sp.derivative_map(ctx.fn, lam, v, sp.symmetrize(dA.to(v.dtype)))
+        extra = sp.floor_terms(ctx.fn, lam, v, inner, adjoint=False)
+        if extra is not None:
+            df = df + extra
+        return df.to(ctx.dtype)
+
+
+_MatrixFunctionClassic = classic_twin(_MatrixFunction)
+
+
+def _apply_fn(op: str, A: torch.Tensor, fn: sp.SpectralFn, compute_dtype: torch.dtype | None,
+              check: bool) -> torch.Tensor:
+    _check_square(op, A, compute_dtype, check)
+    if A.numel() == 0:
+        return A * 0.0
+    return apply_fastest(_MatrixFunction, _MatrixFunctionClassic, A, fn, compute_dtype)
+
+
+def matrix_function(A: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
+                    df: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                    compute_dtype: torch.dtype | None = None,
+                    check: bool = False) -> torch.Tensor:
+    r"""``F(A) = V f(L) V^T`` for symmetric ``A``, with the exact Daleckii-Krein backward.
+
+    .. math::
+        \frac{\partial \mathcal L}{\partial A} = V\bigl(\Delta\circ(V^T\,\mathrm{sym}(G)\,V)
+        \bigr)V^T,\qquad \Delta_{ij} = \frac{f(l_i) - f(l_j)}{l_i - l_j},\ \Delta_{ii} = f'(l_i).
+
+    This is exact at repeated eigenvalues, for every ``f``: it needs the divided differences,
+    never the eigenvector derivative. Generic divided differences switch from the difference
+    quotient to the mean of the derivatives below a relative gap of ``eps^(1/3)`` (to avoid
+    cancellation); the named functions (:func:`sqrtm_psd` etc.) use closed forms.
+
+    Args:
+        A: ``(*, n, n)``, float32 or float64; only ``sym(A)`` is used.
+        f: elementwise function of a tensor of eigenvalues (e.g. ``torch.tanh``), made of
+            torch ops.
+        df: its derivative, elementwise; by default computed by forward-mode AD of ``f``.
+        compute_dtype: dtype of the eigensolve and of the Loewner matrix.
+        check: raise on non-finite input.
+
+    Saves for backward only ``A`` (the caller's tensor) and recomputes ``V`` and ``L`` in
+    the backward; that costs one more eigensolve but keeps nothing alive between passes.
+    """
+    if not callable(f) or (df is not None and not callable(df)):
+        raise DTypeError("matrix_function: expected f (and df, if given) to be callables "
+                         "acting elementwise on a tensor of eigenvalues")
+    return _apply_fn("matrix_function", A, sp.generic(f, df), compute_dtype, check)
+
+
+def _psd_checked(op: str, A: torch.Tensor, eps: float | None, check: bool,
+                 compute_dtype: torch.dtype | None) -> float:
+    _check_square(op, A, compute_dtype, check)
+    dtype = compute_dtype or A.dtype
+    e = float(A.shape[-1] * torch.finfo(dtype).eps) if eps is None else float(eps)
+    if not e > 0:
+        raise ShapeError(f"{op}: expected eps > 0, but got eps={eps!r}")
+    if check and A.numel():
+        a = A.detach() if compute_dtype is None else A.detach().to(compute_dtype)
+        lam = torch.linalg.eigvalsh(sp.symmetrize(a))
+        scale = lam.abs().amax(-1).clamp_min(torch.finfo(dtype).tiny)
+        if bool((lam[..., 0] < -e * scale).any()):
+            raise ShapeError(f"{op}: expected a positive semidefinite matrix A, but got "
+                             f"{describe('A', A)} with a negative eigenvalue beyond "
+                             f"eps * max|lam| (eps={e:.3g})")
+    return e
+
+
+_PSD_DOC = """
+    Eigenvalues below ``c = eps * l_max`` (per matrix; default ``eps = n * eps(dtype)``) are
+    raised to ``c`` before ``f`` is applied, so the result is finite for singular and slightly
+    indefinite input, and the gradient is the exact gradient of that clamped function
+    (divided differences of ``x -> f(max(x, c))``; eigenvalue directions below ``c`` get zero
+    gradient). ``check=True`` raises instead when an eigenvalue is below ``-c`` (a matrix
+    that is not PSD beyond rounding) or the input is not finite.
+"""
+
+
+def sqrtm_psd(A: torch.Tensor, *, eps: float | None = None,
+              compute_dtype: torch.dtype | None = None, check: bool = False) -> torch.Tensor:
+    """Principal square root of a symmetric PSD matrix; ``Delta_ij = 1/(sqrt l_i + sqrt l_j)``.
+    """
+    e = _psd_checked("sqrtm_psd", A, eps, check, compute_dtype)
+    return _apply_fn("sqrtm_psd", A, sp.named("sqrt", eps=e), compute_dtype, False)
+
+
+def inv_sqrtm_psd(A: torch.Tensor, *, eps: float | None = None,
+                  compute_dtype: torch.dtype | None = None, check: bool = False
+                  ) -> torch.Tensor:
+    """``A^(-1/2)`` of a symmetric PSD matrix (whitening);
+    ``Delta_ij = -1 / (sqrt(l_i l_j) (sqrt l_i + sqrt l_j))``."""
+    e = _psd_checked("inv_sqrtm_psd", A, eps, check, compute_dtype)
+    return _apply_fn("inv_sqrtm_psd", A, sp.named("inv_sqrt", eps=e), compute_dtype, False)
+
+
+def powm_psd(A: torch.Tensor, p: float, *, eps: float | None = None,
+             compute_dtype: torch.dtype | None = None, check: bool = False) -> torch.Tensor:
+    """``A^p`` of a symmetric PSD matrix for real ``p``; divided differences
+    ``l_j^(p-1) expm1(p r) / expm1(r)``, ``r = log(l_i / l_j)`` (no cancellation)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise DTypeError(f"powm_psd: expected p to be a real number, but got {type(p).__name__}")
+    e = _psd_checked("powm_psd", A, eps, check, compute_dtype)
+    return _apply_fn("powm_psd", A, sp.named("pow", eps=e, p=float(p)), compute_dtype, False)
+
+
+def logm_spd(A: torch.Tensor, *, eps: float | None = None,
+             compute_dtype: torch.dtype | None = None, check: bool = False) -> torch.Tensor:
+    """Principal logarithm of a symmetric positive definite matrix; divided differences
+    ``r / (l_j expm1(r))``, ``r = log(l_i / l_j)``."""
+    e = _psd_checked("logm_spd", A, eps, check, compute_dtype)
+    return _apply_fn("logm_spd", A, sp.named("log", eps=e), compute_dtype, False)
+
+
+for _f in (sqrtm_psd, inv_sqrtm_psd, powm_psd, logm_spd):
+    _f.__doc__ = (_f.__doc__ or "") + _PSD_DOC
+
+
+def expm_sym(A: torch.Tensor, *, compute_dtype: torch.dtype | None = None,
+             check: bool = False) -> torch.Tensor:
+    """``exp(A)`` of a symmetric matrix; divided differences ``e^max (1 - e^-d) / d``."""
+    return _apply_fn("expm_sym", A, sp.named("exp"), compute_dtype, check)
