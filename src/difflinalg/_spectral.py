@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SpectralFn", "divided_differences", "eigvec_gap_inverse", "loewner",
+from ._triangular import plain_tensor
+
+__all__ = ["SpectralFn", "divided_differences", "eigvec_gaps", "loewner",
            "symmetrize", "named"]
 
 
@@ -44,17 +46,37 @@ def _scale(lam: torch.Tensor) -> torch.Tensor:
     return lam.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(tiny)
 
 
-def eigvec_gap_inverse(lam: torch.Tensor, rtol: float) -> torch.Tensor:
-    """F_ij = 1 / (l_j - l_i), zero where |l_j - l_i| <= rtol * max|lam| (the diagonal too).
+def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0) -> torch.Tensor:
+    """D_ij = scale * (l_j - l_i), set to inf where |l_j - l_i| <= rtol * max|l| (the
+    diagonal too), so that X / D is the masked X_ij / (l_j - l_i) in one division.
 
     The tolerance is relative to the matrix's spectral scale, so the mask means "equal to
     working precision", whatever the units of A (an absolute 1e-9 masks nothing for a
-    matrix of scale 1e6 and everything for one of scale 1e-12).
+    matrix of scale 1e6 and everything for one of scale 1e-12). Dividing by inf gives exact
+    zeros, and zero derivatives, without a select.
     """
-    li, lj = _pairs(lam)
+    ls = lam * scale if scale != 1.0 else lam
+    li, lj = _pairs(ls)
     d = lj - li
-    close = d.abs() <= rtol * _scale(lam)
-    return torch.where(close, torch.zeros_like(d), 1.0 / torch.where(close, torch.ones_like(d), d))
+    tol = rtol * _scale(lam)
+    if inplace_ok(d) and not _any(lam[..., 1:] - lam[..., :-1] <= tol[..., 0]):
+        # sorted, no two neighbours within tol: only the diagonal is masked
+        d.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+        return d
+    close = (lj - li).abs() <= tol * abs(scale)
+    if not inplace_ok(d, close):
+        return d.masked_fill(close, float("inf"))
+    return d.masked_fill_(close, float("inf"))
+
+
+def inplace_ok(*tensors: torch.Tensor) -> bool:
+    """In-place updates are safe: no graph being recorded, no torch.func wrapper."""
+    return not torch.is_grad_enabled() and all(plain_tensor(t) for t in tensors)
+
+
+def _any(mask: torch.Tensor) -> bool:
+    """mask.any() where that is free (CPU); True elsewhere (no device sync)."""
+    return mask.device.type != "cpu" or bool(mask.any())
 
 
 def loewner(v: torch.Tensor, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -68,7 +90,10 @@ def derivative_map(fn: SpectralFn, lam: torch.Tensor, v: torch.Tensor,
     """(Loewner term of DF(A)[E], V^T E V) for symmetric E; the Loewner term is self-adjoint,
     so it is the backward too. The PSD clamp adds :func:`floor_terms`."""
     inner = v.mT @ e @ v
-    return v @ (fn.dd(lam) * inner) @ v.mT, inner
+    delta = fn.dd(lam)
+    if not inplace_ok(delta, inner) or delta.shape != inner.shape:
+        return v @ (delta * inner) @ v.mT, inner
+    return v @ delta.mul_(inner) @ v.mT, inner
 
 
 def floor_terms(fn: SpectralFn, lam: torch.Tensor, v: torch.Tensor, inner: torch.Tensor,
@@ -77,6 +102,8 @@ def floor_terms(fn: SpectralFn, lam: torch.Tensor, v: torch.Tensor, inner: torch
     if fn.floor_weight is None:
         return None
     w = fn.floor_weight(lam)
+    if not _any(w != 0):
+        return None
     top = v[..., :, -1:]
     if adjoint:
         s = (w * inner.diagonal(dim1=-2, dim2=-1)).sum(-1)
@@ -156,6 +183,8 @@ def _clamp_dd(lam: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """
     lt = torch.maximum(lam, c)
     above = lam >= c
+    if not _any(~above):  # nothing clamped: g = 1
+        return lt, torch.ones((), dtype=lam.dtype, device=lam.device)
     ai, aj = _pairs(above)
     li, lj = _pairs(lam)
     ti, tj = _pairs(lt)
@@ -228,7 +257,7 @@ def named(name: str, *, eps: float | None = None, p: float | None = None) -> Spe
     if name == "sqrt":
         def sqrt_dd(x: torch.Tensor) -> torch.Tensor:
             si, sj = _pairs(x.sqrt())
-            return 1.0 / (si + sj)
+            return (si + sj).reciprocal()
         return _psd("sqrtm_psd", torch.sqrt, sqrt_dd, lambda c: 0.5 * torch.rsqrt(c), eps)
     if name == "inv_sqrt":
         def inv_sqrt_dd(x: torch.Tensor) -> torch.Tensor:

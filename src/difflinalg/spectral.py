@@ -80,75 +80,77 @@ def _select(lam: torch.Tensor, v: torch.Tensor, k: int | None, largest: bool
 
 
 class _Eigh(torch.autograd.Function):
-    """(L_K, V_K) of sym(A), K = all or a contiguous range of k indices."""
+    """(L_K, V_K) of sym(A), K = all or a contiguous range of k indices.
+
+    Two more outputs, not differentiable, carry the whole decomposition (in the compute
+    dtype) to the backward when it differs from the returned pairs; otherwise they are empty
+    views. Saved for backward: L and V only.
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(A: torch.Tensor, k: int | None, largest: bool, rtol: float,
-                compute_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+                compute_dtype: torch.dtype | None) -> tuple[torch.Tensor, ...]:
         lam, v = _eigh_sym(A, compute_dtype)
+        if k is None and lam.dtype == A.dtype:
+            return lam, v, lam[..., :0], v[..., :0]
         lk, vk, _ = _select(lam, v, k, largest)
-        if k is not None:
-            lk, vk = lk.clone(), vk.clone()
-        return lk.to(A.dtype), vk.to(A.dtype)
+        return lk.to(A.dtype, copy=True), vk.to(A.dtype, copy=True), lam, v
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         A, k, largest, rtol, compute_dtype = inputs
         ctx.k, ctx.largest, ctx.rtol, ctx.dtype = k, largest, rtol, A.dtype
-        ctx.compute_dtype = compute_dtype
-        ctx.fwd_A = A  # for jvp (runs right after forward; no copy)
-        if k is None and compute_dtype in (None, A.dtype):
-            # the outputs are all that the backward needs; saved as outputs they keep
-            # double backward differentiable through this node
-            ctx.save_for_backward(*output)
-            ctx.full = False
-        else:  # the complementary eigenvectors are needed: recompute them in backward
-            ctx.save_for_backward(A)
-            ctx.full = True
-        ctx.out = output
+        ctx.mark_non_differentiable(output[2], output[3])
+        ctx.direct = output[2].shape[-1] == 0
+        # saved outputs: under create_graph the direct case differentiates through this node
+        ctx.save_for_backward(*(output[:2] if ctx.direct else output[2:]))
+        ctx.full_out = output[:2] if ctx.direct else output[2:]  # for jvp
 
     @staticmethod
-    def backward(ctx: Any, g_l: torch.Tensor | None, g_v: torch.Tensor | None):
-        if ctx.full:
-            (A,) = ctx.saved_tensors
-            lam, v = _eigh_sym(A, ctx.compute_dtype)
-        else:
-            lam, v = ctx.saved_tensors
+    def backward(ctx: Any, g_l: torch.Tensor | None, g_v: torch.Tensor | None, *_unused):
+        lam, v = ctx.saved_tensors
         n = lam.shape[-1]
         k = n if ctx.k is None else ctx.k
         start = 0 if ctx.k is None else (n - k if ctx.largest else 0)
         vk = v[..., start:start + k]
         wd = v.dtype
-        # M (n x k) = F[:, K] o (V^T dV) + diag block of dL: dA = sym(V M V_K^T)
+        # M (n x k) = F[:, K] o (V^T dV) + diag block of dL, F = 1/D: dA = sym(V M V_K^T)
+        if g_v is not None and ctx.k is None and sp.inplace_ok(lam, v, g_v):
+            # all pairs, no graph: sym(V (F o X) V^T) = V ((X - X^T) / 2D) V^T as F = 1/D is
+            # antisymmetric: the result needs no symmetrising (three n x n passes in all)
+            x = v.mT @ g_v.to(wd)
+            m = (x - x.mT).div_(sp.eigvec_gaps(lam, ctx.rtol, scale=2.0))
+            if g_l is not None:
+                m.diagonal(dim1=-2, dim2=-1).add_(g_l.to(wd))
+            return ((v @ m) @ v.mT).to(ctx.dtype), None, None, None, None
         if g_v is not None:
-            f = sp.eigvec_gap_inverse(lam, ctx.rtol)[..., start:start + k]
-            m = f * (v.mT @ g_v.to(wd))
+            m = (v.mT @ g_v.to(wd)) / sp.eigvec_gaps(lam, ctx.rtol)[..., start:start + k]
         else:
             m = torch.zeros(*lam.shape, k, dtype=wd, device=lam.device)
         if g_l is not None:
-            m = m + torch.nn.functional.pad(torch.diag_embed(g_l.to(wd)),
-                                            (0, 0, start, n - k - start))
+            block = m[..., start:start + k, :].diagonal(dim1=-2, dim2=-1)
+            if not sp.inplace_ok(m, g_l):
+                m = m + torch.nn.functional.pad(torch.diag_embed(g_l.to(wd)),
+                                                (0, 0, start, n - k - start))
+            else:
+                block.add_(g_l.to(wd))
         ga = (v @ m) @ vk.mT
         return sp.symmetrize(ga).to(ctx.dtype), None, None, None, None
 
     @staticmethod
     def jvp(ctx: Any, dA: torch.Tensor, *_unused):
+        lam, v = ctx.full_out
         k = ctx.k
-        if ctx.full:  # the eigenvector part reads the whole spectrum
-            lam, v = _eigh_sym(ctx.fwd_A, ctx.compute_dtype)
-        else:
-            lam, v = ctx.out
         n = lam.shape[-1]
         start = 0 if k is None else (n - k if ctx.largest else 0)
         kk = n if k is None else k
         vks = v[..., start:start + kk]
         e = v.mT @ sp.symmetrize(dA.to(v.dtype)) @ vks          # (n x k): V^T dA V_K
         dl = e[..., start:start + kk, :].diagonal(dim1=-2, dim2=-1)
-        f = sp.eigvec_gap_inverse(lam, ctx.rtol)[..., start:start + kk]
-        dv = v @ (f * e)
-        return dl.to(ctx.dtype), dv.to(ctx.dtype)
+        dv = v @ (e / sp.eigvec_gaps(lam, ctx.rtol)[..., start:start + kk])
+        return dl.to(ctx.dtype), dv.to(ctx.dtype), None, None
 
 
 _EighClassic = classic_twin(_Eigh)
@@ -195,9 +197,10 @@ def eigh(A: torch.Tensor, *, k: int | None = None, largest: bool = True,
     Returns:
         ``EighResult(eigenvalues (*, k), eigenvectors (*, n, k))``.
 
-    Saved for backward: the returned ``L`` and ``V`` when all pairs are returned in the input
-    dtype; otherwise only ``A`` (the backward recomputes the decomposition, which costs one
-    forward).
+    Saved for backward: ``L`` and ``V`` only (the whole decomposition, in the compute dtype,
+    also when ``k`` pairs are returned). Double backward is exact where the eigenvalues are
+    distinct when all pairs are returned; with ``k`` or a different ``compute_dtype`` the
+    saved decomposition is held constant in the second derivative.
 
     References:
         J. R. Magnus, "On differentiating eigenvalues and eigenvectors", Econometric Theory
@@ -216,7 +219,7 @@ def eigh(A: torch.Tensor, *, k: int | None = None, largest: bool = True,
     rtol = _default_rtol(n, compute_dtype or A.dtype) if gap_rtol is None else float(gap_rtol)
     if not rtol >= 0:
         raise ShapeError(f"{op}: expected gap_rtol >= 0, but got {gap_rtol!r}")
-    lam, v = apply_fastest(_Eigh, _EighClassic, A, k, largest, rtol, compute_dtype)
+    lam, v, _, _ = apply_fastest(_Eigh, _EighClassic, A, k, largest, rtol, compute_dtype)
     return EighResult(lam, v)
 
 
@@ -271,33 +274,33 @@ def eigvalsh(A: torch.Tensor, *, compute_dtype: torch.dtype | None = None,
 
 
 class _MatrixFunction(torch.autograd.Function):
-    """F(A) = V f(L) V^T with the Loewner backward; saves V and L (and A, for create_graph)."""
+    """F(A) = V f(L) V^T with the Loewner backward; L and V ride along as non-differentiable
+    outputs so that the backward reuses them (saved: L and V, and the caller's A)."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(A: torch.Tensor, fn: sp.SpectralFn, compute_dtype: torch.dtype | None
-                ) -> torch.Tensor:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lam, v = _eigh_sym(A, compute_dtype)
-        return ((v * fn.value(lam).unsqueeze(-2)) @ v.mT).to(A.dtype)
+        return ((v * fn.value(lam).unsqueeze(-2)) @ v.mT).to(A.dtype), lam, v
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         A, fn, compute_dtype = inputs
         ctx.fn, ctx.compute_dtype, ctx.dtype = fn, compute_dtype, A.dtype
-        ctx.save_for_backward(A)
-        ctx.fwd_A = A  # for jvp (runs right after forward; no copy)
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(A, output[1], output[2])
+        ctx.fwd_lv = output[1:]  # for jvp (runs right after forward; no copy)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor):
-        (A,) = ctx.saved_tensors
+    def backward(ctx: Any, g: torch.Tensor, *_unused):
+        A, lam, v = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph: the decomposition through eigh's differentiable node, so that
             # autograd sees how V and L move with A (double backward)
             a = A if ctx.compute_dtype is None else A.to(ctx.compute_dtype)
             lam, v = eigh(a)
-        else:
-            lam, v = _eigh_sym(A, ctx.compute_dtype)
         ga, inner = sp.derivative_map(ctx.fn, lam, v, sp.symmetrize(g.to(v.dtype)))
         extra = sp.floor_terms(ctx.fn, lam, v, inner, adjoint=True)
         if extra is not None:
@@ -306,13 +309,12 @@ class _MatrixFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, dA: torch.Tensor, *_unused):
-        A = ctx.fwd_A
-        lam, v = _eigh_sym(A, ctx.compute_dtype)
+        lam, v = ctx.fwd_lv
         df, inner = sp.derivative_map(ctx.fn, lam, v, sp.symmetrize(dA.to(v.dtype)))
         extra = sp.floor_terms(ctx.fn, lam, v, inner, adjoint=False)
         if extra is not None:
             df = df + extra
-        return df.to(ctx.dtype)
+        return df.to(ctx.dtype), None, None
 
 
 _MatrixFunctionClassic = classic_twin(_MatrixFunction)
@@ -323,7 +325,7 @@ def _apply_fn(op: str, A: torch.Tensor, fn: sp.SpectralFn, compute_dtype: torch.
     _check_square(op, A, compute_dtype, check)
     if A.numel() == 0:
         return A * 0.0
-    return apply_fastest(_MatrixFunction, _MatrixFunctionClassic, A, fn, compute_dtype)
+    return apply_fastest(_MatrixFunction, _MatrixFunctionClassic, A, fn, compute_dtype)[0]
 
 
 def matrix_function(A: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
@@ -349,8 +351,8 @@ def matrix_function(A: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
         compute_dtype: dtype of the eigensolve and of the Loewner matrix.
         check: raise on non-finite input.
 
-    Saves for backward only ``A`` (the caller's tensor) and recomputes ``V`` and ``L`` in
-    the backward; that costs one more eigensolve but keeps nothing alive between passes.
+    Saves for backward ``L`` and ``V`` only (and the caller's ``A``, no copy, which double
+    backward differentiates through :func:`eigh`).
     """
     if not callable(f) or (df is not None and not callable(df)):
         raise DTypeError("matrix_function: expected f (and df, if given) to be callables "
