@@ -530,18 +530,7 @@ def _lowmem_block(m: int, k: int) -> tuple[bool, int]:
     return True, (k if k < 512 else max(256, -(-k // 4)))
 
 
-def _addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """out += a @ b in place, also when out is a slice of a larger tensor (no temporary)."""
-    if out.dim() == 2:
-        out.addmm_(a, b)
-        return
-    if out.dim() == a.dim() == b.dim() == 3 and out.shape[0] == a.shape[0] == b.shape[0]:
-        out.baddbmm_(a, b)
-        return
-    batch = out.shape[:-2]
-    flat = out.view(-1, *out.shape[-2:])
-    flat.baddbmm_(a.expand(batch + a.shape[-2:]).reshape(-1, *a.shape[-2:]),
-                  b.expand(batch + b.shape[-2:]).reshape(-1, *b.shape[-2:]))
+_addmm_ = tri.addmm_into
 
 
 def _mm_lower_right_into(x: torch.Tensor, low: torch.Tensor, nb: int,

@@ -46,9 +46,11 @@ def _scale(lam: torch.Tensor) -> torch.Tensor:
     return lam.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(tiny)
 
 
-def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0) -> torch.Tensor:
+def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0,
+                cols: tuple[int, int] | None = None) -> torch.Tensor:
     """D_ij = scale * (l_j - l_i), set to inf where |l_j - l_i| <= rtol * max|l| (the
-    diagonal too), so that X / D is the masked X_ij / (l_j - l_i) in one division.
+    diagonal too), so that X / D is the masked X_ij / (l_j - l_i) in one division; with
+    ``cols = (start, stop)`` only those columns j (n x k, for the top-k pairs).
 
     The tolerance is relative to the matrix's spectral scale, so the mask means "equal to
     working precision", whatever the units of A (an absolute 1e-9 masks nothing for a
@@ -56,14 +58,16 @@ def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0) -> torch.Ten
     zeros, and zero derivatives, without a select.
     """
     ls = lam * scale if scale != 1.0 else lam
+    start, stop = (0, lam.shape[-1]) if cols is None else cols
     li, lj = _pairs(ls)
+    lj = lj[..., start:stop]
     d = lj - li
     tol = rtol * _scale(lam)
     if inplace_ok(d) and not _any(lam[..., 1:] - lam[..., :-1] <= tol[..., 0]):
         # sorted, no two neighbours within tol: only the diagonal is masked
-        d.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+        d[..., start:stop, :].diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
         return d
-    close = (lj - li).abs() <= tol * abs(scale)
+    close = d.abs() <= tol * abs(scale)
     if not inplace_ok(d, close):
         return d.masked_fill(close, float("inf"))
     return d.masked_fill_(close, float("inf"))

@@ -99,3 +99,17 @@ def addmm_lower_left_(out: torch.Tensor, low: torch.Tensor, w: torch.Tensor, nb:
         for r0 in range(k, m, step):
             r1 = min(r0 + step, m)
             out.narrow(-2, r0, r1 - r0).add_(low[..., r0:r1, :] @ w)
+
+
+def addmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += a @ b in place, also when out is a slice of a larger tensor (no temporary)."""
+    if out.dim() == 2:
+        out.addmm_(a, b)
+        return
+    if out.dim() == a.dim() == b.dim() == 3 and out.shape[0] == a.shape[0] == b.shape[0]:
+        out.baddbmm_(a, b)
+        return
+    batch = out.shape[:-2]
+    flat = out.view(-1, *out.shape[-2:])
+    flat.baddbmm_(a.expand(batch + a.shape[-2:]).reshape(-1, *a.shape[-2:]),
+                  b.expand(batch + b.shape[-2:]).reshape(-1, *b.shape[-2:]))

@@ -27,6 +27,7 @@ from . import _spectral as sp
 from ._autograd import apply_fastest, classic_twin
 from ._checks import check_finite, check_min_dim, check_real_floating, check_tensor
 from ._errors import DTypeError, ShapeError, describe
+from ._triangular import addmm_into
 
 __all__ = ["EighResult", "eigh", "eigvalsh", "matrix_function", "sqrtm_psd", "inv_sqrtm_psd",
            "powm_psd", "logm_spd", "expm_sym"]
@@ -126,7 +127,7 @@ class _Eigh(torch.autograd.Function):
                 m.diagonal(dim1=-2, dim2=-1).add_(g_l.to(wd))
             return ((v @ m) @ v.mT).to(ctx.dtype), None, None, None, None
         if g_v is not None:
-            m = (v.mT @ g_v.to(wd)) / sp.eigvec_gaps(lam, ctx.rtol)[..., start:start + k]
+            m = (v.mT @ g_v.to(wd)) / sp.eigvec_gaps(lam, ctx.rtol, cols=(start, start + k))
         else:
             m = torch.zeros(*lam.shape, k, dtype=wd, device=lam.device)
         if g_l is not None:
@@ -136,8 +137,14 @@ class _Eigh(torch.autograd.Function):
                                                 (0, 0, start, n - k - start))
             else:
                 block.add_(g_l.to(wd))
-        ga = (v @ m) @ vk.mT
-        return sp.symmetrize(ga).to(ctx.dtype), None, None, None, None
+        # sym(X V_K^T) with X = V M (n x k): (X V_K^T + V_K X^T) / 2, two n^2 k products
+        x = v @ (m * 0.5)
+        if sp.inplace_ok(x, vk):
+            ga = x @ vk.mT
+            addmm_into(ga, vk, x.mT)
+        else:
+            ga = x @ vk.mT + vk @ x.mT
+        return ga.to(ctx.dtype), None, None, None, None
 
     @staticmethod
     def jvp(ctx: Any, dA: torch.Tensor, *_unused):
@@ -149,7 +156,7 @@ class _Eigh(torch.autograd.Function):
         vks = v[..., start:start + kk]
         e = v.mT @ sp.symmetrize(dA.to(v.dtype)) @ vks          # (n x k): V^T dA V_K
         dl = e[..., start:start + kk, :].diagonal(dim1=-2, dim2=-1)
-        dv = v @ (e / sp.eigvec_gaps(lam, ctx.rtol)[..., start:start + kk])
+        dv = v @ (e / sp.eigvec_gaps(lam, ctx.rtol, cols=(start, start + kk)))
         return dl.to(ctx.dtype), dv.to(ctx.dtype), None, None
 
 
