@@ -191,3 +191,12 @@ def test_heap_for_memory_makes_the_peak_follow_live_tensors():
         assert (7 << 20) <= mem.peak_extra_bytes <= (10 << 20)
     finally:
         assert heap_for_timing()
+
+
+def test_measure_interleaved_ratio_of_twice_the_work():
+    a = torch.randn(128, 128)
+    res = _timing.measure_interleaved({"one": lambda: a @ a, "two": lambda: (a @ a, a @ a)},
+                                      reference="one", min_run_time=0.2, num_threads=1)
+    assert res["one"]["ratio_to_reference"] is None
+    assert 1.3 < res["two"]["ratio_to_reference"] < 3.5
+    assert res["two"]["median_s"] > 0 and res["two"]["rounds"] == 5

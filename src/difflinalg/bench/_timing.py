@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,7 +33,8 @@ from torch.utils.benchmark import Timer
 
 from ._memory import PeakMemory, heap_for_memory, heap_for_timing
 
-__all__ = ["Budget", "IsolatedRunner", "OtherLoad", "measure", "profile_differentiable"]
+__all__ = ["Budget", "IsolatedRunner", "OtherLoad", "measure", "measure_interleaved",
+           "profile_differentiable"]
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -95,6 +97,42 @@ def measure(fn: Callable[[], object], *, min_run_time: float, num_threads: int
     return {"median_s": float(m.median), "iqr_s": float(m.iqr), "blocks": len(m.raw_times),
             "calls_per_block": int(m.number_per_run),
             "other_load": None if load.fraction is None else round(load.fraction, 3)}
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], *, reference: str,
+                        min_run_time: float, num_threads: int, rounds: int = 5
+                        ) -> dict[str, dict[str, float | int | None]]:
+    """Time several callables in one process, interleaved, and their speed ratios.
+
+    On a shared machine the speed of a process drifts by tens of percent over seconds, so
+    callables timed one after the other (or in different processes) are compared under
+    different conditions. Here every round times each callable once with
+    ``blocked_autorange(min_run_time / rounds)``, in turn; the ratio ``t(name) /
+    t(reference)`` is formed within each round and its median over the rounds is reported,
+    so drift slower than a round cancels.
+
+    Returns ``{name: {"median_s", "ratio_to_reference", "ratio_iqr", "rounds",
+    "other_load"}}``; ``ratio_to_reference`` is None for the reference itself.
+    """
+    per_round = max(min_run_time / rounds, 0.01)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    timers = {name: Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
+              for name, fn in fns.items()}
+    with OtherLoad() as load:
+        for _ in range(rounds):
+            for name, timer in timers.items():
+                times[name].append(float(timer.blocked_autorange(min_run_time=per_round).median))
+    out: dict[str, dict[str, float | int | None]] = {}
+    ref = times[reference]
+    for name, values in times.items():
+        ratios = sorted(v / r for v, r in zip(values, ref))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        out[name] = {
+            "median_s": statistics.median(values), "rounds": rounds,
+            "ratio_to_reference": None if name == reference else statistics.median(ratios),
+            "ratio_iqr": None if name == reference else q[2] - q[0],
+            "other_load": None if load.fraction is None else round(load.fraction, 3)}
+    return out
 
 
 class Budget:
