@@ -200,3 +200,15 @@ def test_measure_interleaved_ratio_of_twice_the_work():
     assert res["one"]["ratio_to_reference"] is None
     assert 1.3 < res["two"]["ratio_to_reference"] < 3.5
     assert res["two"]["median_s"] > 0 and res["two"]["rounds"] == 5
+
+
+def test_sweep_ratios_come_from_the_paired_stage(sweep):
+    for row in sweep[2]["results"]:
+        paired = row["paired"]
+        assert paired["methods"] == ["ours", "torch"] and "error" not in paired
+        for stage in ("fwd", "fwd_bwd"):
+            assert paired[stage]["ours"]["ratio_to_reference"] is None
+            ratio = paired[stage]["torch"]["ratio_to_reference"]
+            assert math.isfinite(ratio) and ratio > 0
+        assert row["speedup_fwd_bwd_vs_torch_paired"] is True
+        assert row["speedup_fwd_bwd_vs_torch"] == paired["fwd_bwd"]["torch"]["ratio_to_reference"]

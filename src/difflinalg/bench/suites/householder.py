@@ -61,7 +61,13 @@ from .._report import (
     ratio_heatmaps,
     write_json,
 )
-from .._timing import Budget, IsolatedRunner, measure, profile_differentiable
+from .._timing import (
+    Budget,
+    IsolatedRunner,
+    measure,
+    measure_interleaved,
+    profile_differentiable,
+)
 from ..cli import int_list, positive_float, positive_int
 
 __all__ = ["DESCRIPTION", "NAME", "add_arguments", "run"]
@@ -221,6 +227,42 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
     report({"skipped": skipped, "stage": "done"})
 
 
+PAIRED_MAX_CALL_S = 0.3  # methods slower than this per f+b call are left out of pairing
+
+
+def _paired_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
+    """Forward and forward+backward of several methods timed interleaved in one process.
+
+    The speed ratios of the report come from here (see measure_interleaved): separate
+    processes run minutes apart on a shared machine and their speeds drift by tens of
+    percent, which is noise for a ratio near 1.
+    """
+    torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec["dtype"])
+    fwd: dict[str, Callable[[], object]] = {}
+    fwd_bwd: dict[str, Callable[[], object]] = {}
+    for method in spec["methods"]:
+        forward = _forward(method, spec["r"])
+        param64, G64, _ = _inputs({**spec, "method": method})
+        param = param64.to(dtype).requires_grad_()
+        G = G64.to(dtype)
+
+        def one_fwd(forward=forward, param=param):
+            return forward(param)
+
+        def one_fwd_bwd(forward=forward, param=param, G=G):
+            return torch.autograd.grad((forward(param) * G).sum(), param)
+
+        one_fwd_bwd()  # warm-up
+        fwd[method], fwd_bwd[method] = one_fwd, one_fwd_bwd
+    for stage, fns in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        report({"stage": f"paired {stage}"})
+        report({stage: measure_interleaved(fns, reference="ours",
+                                           min_run_time=spec["min_run_time"] * 2,
+                                           num_threads=spec["threads"])})
+    report({"stage": "done"})
+
+
 # ----------------------------------------------------------------------------- settings
 
 def _config_list(text: str) -> tuple[tuple[int, int, int], ...]:
@@ -344,21 +386,24 @@ def _derive(row: dict[str, Any], itemsize: int) -> None:
     cross = methods.get("torch", {}).get("cross", {})
     if "ours_grad_err_vs_torch64" in cross:
         ours["grad_err_vs_torch64"] = cross["ours_grad_err_vs_torch64"]
+    paired = row.get("paired") or {}
     for name in BASELINES:
         if name not in methods:
             continue
         other = methods[name]
-        row[f"speedup_fwd_vs_{name}"] = _ratio(_median(other, "fwd"), _median(ours, "fwd"))
-        row[f"speedup_fwd_bwd_vs_{name}"] = _ratio(_median(other, "fwd_bwd"),
-                                                   _median(ours, "fwd_bwd"))
+        for stage, key in (("fwd", "speedup_fwd_vs"), ("fwd_bwd", "speedup_fwd_bwd_vs")):
+            same = (paired.get(stage) or {}).get(name, {}).get("ratio_to_reference")
+            # paired: t(other) / t(ours) formed in one process; else from two processes
+            row[f"{key}_{name}"] = same if same else _ratio(_median(other, stage),
+                                                              _median(ours, stage))
+            row[f"{key}_{name}_paired"] = bool(same)
         row[f"err_ratio_vs_{name}"] = _ratio(other.get("ortho_err"), ours.get("ortho_err"))
         row[f"grad_err_ratio_vs_{name}"] = _ratio(other.get("grad_err"), ours.get("grad_err"))
-    fwd_times = {n: _median(methods[n], "fwd") for n in LAPACK_LIKE if n in methods}
-    fwd_times = {n: t for n, t in fwd_times.items() if t is not None}
-    best = min(fwd_times, key=fwd_times.__getitem__) if fwd_times else None
+    fwd_speedups = {n: row.get(f"speedup_fwd_vs_{n}") for n in LAPACK_LIKE if n in methods}
+    fwd_speedups = {n: v for n, v in fwd_speedups.items() if v}
+    best = min(fwd_speedups, key=fwd_speedups.__getitem__) if fwd_speedups else None
     row["best_fwd_method"] = best
-    row["speedup_fwd_vs_best_fwd"] = _ratio(fwd_times[best], _median(ours, "fwd")) if best \
-        else None
+    row["speedup_fwd_vs_best_fwd"] = fwd_speedups[best] if best else None
     gemm, t_fwd = _median(ours, "gemm"), _median(ours, "fwd")
     optimal_flops = b * (2 * d * r * r - 2 * r**3 / 3)
     row["gemm_fraction"] = (optimal_flops / t_fwd) / (2 * b * d * r * r / gemm) \
@@ -412,8 +457,11 @@ def _table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
         for m in baselines:
             fb, f = row.get(f"speedup_fwd_bwd_vs_{m}"), row.get(f"speedup_fwd_vs_{m}")
             missing = _why_missing(ms.get(m))
-            cells.append(_pair(format_ratio(fb) if fb else missing,
-                               format_ratio(f) if f else missing))
+            dagger = {k: "" if row.get(f"{k}_{m}_paired", True) else "\u2020"
+                      for k in ("speedup_fwd_bwd_vs", "speedup_fwd_vs")}
+            cells.append(_pair(format_ratio(fb) + dagger["speedup_fwd_bwd_vs"] if fb
+                               else missing,
+                               format_ratio(f) + dagger["speedup_fwd_vs"] if f else missing))
         cells.append(_pair(*(format_error((ms.get(m) or {}).get("ortho_err"))
                              for m in ("ours", "torch"))))
         cells.append(_pair(*(format_error((ms.get(m) or {}).get("grad_err"))
@@ -485,7 +533,12 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
     lines += [
         "",
         "Times are medians of `torch.utils.benchmark.Timer.blocked_autorange` in ms; f+b = "
-        "forward+backward. Speed-up vs X = time(X) / time(ours) (> 1: ours faster). "
+        "forward+backward. Speed-up vs X = time(X) / time(ours) (> 1: ours faster), "
+        "measured in one process with the methods interleaved round by round (the ratio is "
+        "the median over 5 rounds of the ratio within a round); \u2020 marks a ratio of two "
+        "separate processes, for methods slower than "
+        f"{PAIRED_MAX_CALL_S} s per forward+backward call, where drift between processes is "
+        "small next to the ratio. Absolute times come from each method's own process. "
         "ortho err = max over the batch of ||Q^T Q - I||_F / sqrt(r); grad err = "
         "||g - g64|| / ||g64|| against the same method in float64; peak mem = peak extra "
         "resident memory of forward+backward (the incoming gradient and the result included) "
@@ -544,6 +597,36 @@ def _write_charts(out_dir: Path, rows: list[dict[str, Any]], metadata: dict[str,
 
 # ----------------------------------------------------------------------------- run
 
+def _run_paired(runner: IsolatedRunner, row: dict[str, Any], args: argparse.Namespace,
+                min_run_time: float, timeout: float) -> dict[str, Any]:
+    """The paired (same-process, interleaved) timing stage of one configuration."""
+    methods, left_out = ["ours"], {}
+    for name, entry in row["methods"].items():
+        if name == "ours":
+            continue
+        t = _median(entry, "fwd_bwd")
+        if t is None:
+            left_out[name] = "no forward+backward time from its own process"
+        elif t > PAIRED_MAX_CALL_S:
+            left_out[name] = f"f+b call of {t:.2g} s > {PAIRED_MAX_CALL_S} s"
+        else:
+            methods.append(name)
+    paired: dict[str, Any] = {"methods": methods, "left_out": left_out}
+    if _median(row["methods"].get("ours", {}), "fwd_bwd") is None or len(methods) < 2:
+        paired["error"] = "nothing to pair"
+        return paired
+    spec = {"b": row["b"], "d": row["d"], "r": row["r"], "methods": methods,
+            "dtype": args.dtype, "threads": args.threads, "min_run_time": min_run_time,
+            "scale": args.scale, "seed": args.seed}
+    entry, error = runner.run(_paired_worker, spec, timeout)
+    entry.pop("stage", None)
+    paired.update(entry)
+    if error:
+        paired["error"] = error
+    return paired
+
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; write results.json, results.md and charts into ``args.out``."""
     preset = PRESETS[args.preset]
@@ -598,6 +681,7 @@ def run(args: argparse.Namespace) -> int:
                 tag = "timeout" if error and error.startswith("timeout") else \
                     ("error" if error else "ok")
                 print(f" {method} {tag}", end="", file=sys.stderr, flush=True)
+            row["paired"] = _run_paired(runner, row, args, min_run_time, timeout)
             _derive(row, itemsize)
             rows.append(row)
             headline, load = row.get("speedup_fwd_bwd_vs_torch"), row.get("other_load")
