@@ -1,5 +1,6 @@
 # The two quick-start commands of the README:
-#   make bench   set up, then run the benchmark CLI's quick suite (report + charts in bench-results/)
+#   make bench   set up, then run the benchmark CLI's quick suites (reports + charts in
+#                bench-results/householder and bench-results/spectral)
 #   make test    set up, then run the test suite (what .ci/run calls)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +20,8 @@ test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup-bench
-	$(VENV)/bin/difflinalg bench householder --preset $(PRESET) --out $(BENCH_OUT)
+	$(VENV)/bin/difflinalg bench householder --preset $(PRESET) --out $(BENCH_OUT)/householder
+	$(VENV)/bin/difflinalg bench spectral --preset $(PRESET) --out $(BENCH_OUT)/spectral
 
 lint:
 	$(PY) -m ruff check src tests

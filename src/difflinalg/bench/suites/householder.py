@@ -241,7 +241,7 @@ def _paired_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None
     dtype = getattr(torch, spec["dtype"])
     fwd: dict[str, Callable[[], object]] = {}
     fwd_bwd: dict[str, Callable[[], object]] = {}
-    for method in spec["methods"]:
+    for method in dict.fromkeys(m for members in spec["stages"].values() for m in members):
         forward = _forward(method, spec["r"])
         param64, G64, _ = _inputs({**spec, "method": method})
         param = param64.to(dtype).requires_grad_()
@@ -255,7 +255,10 @@ def _paired_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None
 
         one_fwd_bwd()  # warm-up
         fwd[method], fwd_bwd[method] = one_fwd, one_fwd_bwd
-    for stage, fns in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+    for stage, every in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        if stage not in spec["stages"]:
+            continue
+        fns = {m: every[m] for m in spec["stages"][stage]}
         report({"stage": f"paired {stage}"})
         report({stage: measure_interleaved(fns, reference="ours",
                                            min_run_time=spec["min_run_time"] * 2,
@@ -537,7 +540,7 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
         "measured in one process with the methods interleaved round by round (the ratio is "
         "the median over 5 rounds of the ratio within a round); \u2020 marks a ratio of two "
         "separate processes, for methods slower than "
-        f"{PAIRED_MAX_CALL_S} s per forward+backward call, where drift between processes is "
+        f"{PAIRED_MAX_CALL_S} s per call in that stage, where drift between processes is "
         "small next to the ratio. Absolute times come from each method's own process. "
         "ortho err = max over the batch of ||Q^T Q - I||_F / sqrt(r); grad err = "
         "||g - g64|| / ||g64|| against the same method in float64; peak mem = peak extra "
@@ -599,23 +602,35 @@ def _write_charts(out_dir: Path, rows: list[dict[str, Any]], metadata: dict[str,
 
 def _run_paired(runner: IsolatedRunner, row: dict[str, Any], args: argparse.Namespace,
                 min_run_time: float, timeout: float) -> dict[str, Any]:
-    """The paired (same-process, interleaved) timing stage of one configuration."""
-    methods, left_out = ["ours"], {}
-    for name, entry in row["methods"].items():
-        if name == "ours":
+    """The paired (same-process, interleaved) timing stage of one configuration.
+
+    A method joins a stage's pairing when its call in that stage took at most
+    ``PAIRED_MAX_CALL_S`` in its own process (so the stage fits the time budget).
+    """
+    stages: dict[str, list[str]] = {}
+    left_out: dict[str, str] = {}
+    ours = row["methods"].get("ours", {})
+    for stage in ("fwd", "fwd_bwd"):
+        if _median(ours, stage) is None:
             continue
-        t = _median(entry, "fwd_bwd")
-        if t is None:
-            left_out[name] = "no forward+backward time from its own process"
-        elif t > PAIRED_MAX_CALL_S:
-            left_out[name] = f"f+b call of {t:.2g} s > {PAIRED_MAX_CALL_S} s"
-        else:
-            methods.append(name)
-    paired: dict[str, Any] = {"methods": methods, "left_out": left_out}
-    if _median(row["methods"].get("ours", {}), "fwd_bwd") is None or len(methods) < 2:
+        members = ["ours"]
+        for name, entry in row["methods"].items():
+            t = _median(entry, stage)
+            if name == "ours":
+                continue
+            if t is None:
+                left_out[f"{name} {stage}"] = "no time from its own process"
+            elif t > PAIRED_MAX_CALL_S:
+                left_out[f"{name} {stage}"] = f"call of {t:.2g} s > {PAIRED_MAX_CALL_S} s"
+            else:
+                members.append(name)
+        if len(members) > 1:
+            stages[stage] = members
+    paired: dict[str, Any] = {"stages": stages, "left_out": left_out}
+    if not stages:
         paired["error"] = "nothing to pair"
         return paired
-    spec = {"b": row["b"], "d": row["d"], "r": row["r"], "methods": methods,
+    spec = {"b": row["b"], "d": row["d"], "r": row["r"], "stages": stages,
             "dtype": args.dtype, "threads": args.threads, "min_run_time": min_run_time,
             "scale": args.scale, "seed": args.seed}
     entry, error = runner.run(_paired_worker, spec, timeout)
@@ -624,7 +639,6 @@ def _run_paired(runner: IsolatedRunner, row: dict[str, Any], args: argparse.Name
     if error:
         paired["error"] = error
     return paired
-
 
 
 def run(args: argparse.Namespace) -> int:
