@@ -1,7 +1,8 @@
-"""The ``spectral`` benchmark suite on tiny sweeps: schema, ratios, accuracy table, report
-files, and failures as rows."""
+"""The ``spectral`` benchmark suite on tiny sweeps: schema, ratios (from the paired stage),
+accuracy table, report files, and failures as rows."""
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -13,9 +14,9 @@ import torch
 import difflinalg
 from difflinalg.bench import _timing
 from difflinalg.bench.cli import main
-from difflinalg.bench.suites import spectral
+from difflinalg.bench.suites import _spectral_report, spectral
 
-TINY = ["--min-run-time", "0.01", "--threads", "1"]
+TINY = ["--min-run-time", "0.01", "--threads", "1", "--paired-rounds", "3"]
 PROC_MEMORY = os.access("/proc/self/clear_refs", os.W_OK)
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 CONFIGS = [(2, 8), (2, 16)]
@@ -43,11 +44,13 @@ def test_sweep_exit_status_and_metadata(sweep):
     assert status == 0
     meta = data["metadata"]
     for key in ("torch", "python", "threads", "blas", "cpu", "device", "git", "preset",
-                "dtype", "date", "tasks", "methods", "ns_iters", "mask_atol"):
+                "dtype", "date", "tasks", "methods", "ns_iters", "mask_atol",
+                "reference_methods", "paired_rounds"):
         assert key in meta, key
     assert meta["suite"] == "spectral"
     assert meta["threads"] == 1 and meta["dtype"] == "float32"
     assert meta["methods"] == {task: list(spectral.TASKS[task]) for task in TASKS}
+    assert meta["reference_methods"] == spectral.OURS
 
 
 def test_sweep_one_row_per_configuration_and_task(sweep):
@@ -77,6 +80,31 @@ def test_sweep_timings_positive_and_ratios_finite(sweep):
             for stage in ("fwd", "bwd", "fwd_bwd"):
                 ratio = row[f"speedup_{stage}_vs_{name}"]
                 assert math.isfinite(ratio) and ratio > 0, (row["task"], name, stage)
+                separate = row["separate_process_speedups"][f"{stage}_vs_{name}"]
+                assert math.isfinite(separate) and separate > 0, (row["task"], name, stage)
+
+
+def test_sweep_paired_stage_gives_every_ratio(sweep):
+    for row in sweep[2]["results"]:
+        task, paired = row["task"], row["paired"]
+        ours = spectral.OURS[task]
+        assert "error" not in paired and "not_run" not in paired, paired
+        assert paired["reference"] == ours and paired["methods"] == list(spectral.TASKS[task])
+        assert paired["left_out"] == {} and paired["bwd_left_out"] == {}
+        assert paired["skipped"] == {} and paired["rounds"] == 3
+        for stage in ("fwd", "fwd_bwd", "bwd"):
+            assert set(paired[stage]) == set(spectral.TASKS[task]), (task, stage)
+            assert paired[stage][ours]["ratio_to_reference"] is None
+            assert paired[stage][ours]["median_s"] > 0
+            for name in spectral.TASKS[task]:
+                if name == ours:
+                    continue
+                timing = paired[stage][name]
+                ratio = timing["ratio_to_reference"]
+                assert math.isfinite(ratio) and ratio > 0, (task, name, stage)
+                assert timing["ratio_iqr"] >= 0 and timing["rounds"] == 3
+                assert row[f"speedup_{stage}_vs_{name}"] == ratio
+                assert row[f"speedup_{stage}_vs_{name}_paired"] is True
 
 
 def test_sweep_sqrtm_gradients_match_float64(sweep):
@@ -103,7 +131,12 @@ def test_sweep_targets_listed(sweep):
     assert [t["want"] for t in targets] == [1.0, 2.0, 1.0, 3.0]
     eigh_backward = targets[2]
     assert [(m["b"], m["n"]) for m in eigh_backward["measured"]] == CONFIGS
-    assert all(m["ratio"] > 0 for m in eigh_backward["measured"])
+    rows = [r for r in sweep[2]["results"] if r["task"] == "eigh"]
+    for measured, row in zip(eigh_backward["measured"], rows):
+        paired = row["paired"]["bwd"]["torch"]
+        assert measured["paired"] is True
+        assert measured["ratio"] == paired["ratio_to_reference"] > 0
+        assert measured["ratio_iqr"] == paired["ratio_iqr"]
     assert targets[0]["measured"] == [] and targets[3]["measured"] == []  # not in the sweep
 
 
@@ -136,7 +169,9 @@ def test_sweep_writes_report(sweep):
     assert md.startswith("# spectral benchmark")
     for heading in ("## Targets", "## eigh\n", "## eigh_topk", "## sqrtm", "## Summary"):
         assert heading in md, heading
-    assert "| 2 | 8 |" in md and "| 2 | 16 |" in md
+    assert "| 2 | 8" in md and "| 2 | 16" in md
+    assert "comes from the paired stage" in md
+    assert _spectral_report.DAGGER not in md  # every ratio is paired
     if HAS_SCIPY:
         assert "## Gradient accuracy on hard spectra (n = 8)" in md
         assert "| identity |" in md and "NaN" in md
@@ -161,11 +196,91 @@ def test_failing_configuration_becomes_error_rows(failing):
         assert row["error"].startswith(f"{spectral.OURS[row['task']]}: timeout after 0.001 s")
         for entry in row["methods"].values():
             assert entry["error"].startswith("timeout")
-        assert all(value is None for key, value in row.items() if key.startswith("speedup_"))
+        assert row["paired"]["not_run"].startswith(f"{spectral.OURS[row['task']]}: no forward")
+        speedups = {k: v for k, v in row.items() if k.startswith("speedup_")}
+        assert all(v is None for k, v in speedups.items() if not k.endswith("_paired"))
+        assert not any(v for k, v in speedups.items() if k.endswith("_paired"))
     assert data["accuracy"] is None
     md = (out / "results.md").read_text()
     assert "## Failures, skipped cases and skipped stages" in md
     assert "timeout" in md
+
+
+def _timings(fwd, bwd, fwd_bwd):
+    return {"fwd": {"median_s": fwd}, "bwd": {"median_s": bwd}, "fwd_bwd": {"median_s": fwd_bwd}}
+
+
+def _sqrtm_row(slow_s):
+    """A synthetic sqrtm row at the target configuration; newton_schulz takes ``slow_s``."""
+    return {"b": 128, "n": 64, "task": "sqrtm", "dtype": "float32", "methods": {
+        "ours": _timings(1e-3, 2e-3, 3e-3), "torch_eigh": _timings(1e-3, 3e-3, 4e-3),
+        "newton_schulz": _timings(slow_s, slow_s, 2 * slow_s)}}
+
+
+def test_paired_plan_leaves_out_what_does_not_fit():
+    plan = spectral._paired_plan(_sqrtm_row(1e-3), budget_s=100.0, min_run_time=0.2, rounds=5)
+    assert plan["methods"] == ["ours", "torch_eigh", "newton_schulz"] and plan["left_out"] == {}
+    assert "not_run" not in plan
+    plan = spectral._paired_plan(_sqrtm_row(25.0), budget_s=100.0, min_run_time=0.2, rounds=5)
+    assert plan["methods"] == ["ours", "torch_eigh"] and "not_run" not in plan
+    assert plan["left_out"]["newton_schulz"].startswith("one forward+backward call takes 50 s")
+    assert set(plan["own_process_seconds"]) == {"ours", "torch_eigh"}
+    row = _sqrtm_row(1e-3)
+    row["methods"]["ours"] = _timings(25.0, 25.0, 50.0)
+    plan = spectral._paired_plan(row, budget_s=100.0, min_run_time=0.2, rounds=5)
+    assert plan["not_run"].startswith("ours alone would need about")
+    row["methods"]["ours"] = {"error": "timeout after 1 s"}
+    plan = spectral._paired_plan(row, budget_s=100.0, min_run_time=0.2, rounds=5)
+    assert plan["not_run"] == "ours: no forward+backward time from its own process"
+
+
+def test_ratios_fall_back_per_cell_and_are_marked(sweep, tmp_path):
+    row = _sqrtm_row(25.0)
+    plan = spectral._paired_plan(row, budget_s=100.0, min_run_time=0.2, rounds=5)
+    same = {"ours": {"median_s": 1e-3, "ratio_to_reference": None, "ratio_iqr": None},
+            "torch_eigh": {"median_s": 1.2e-3, "ratio_to_reference": 1.2, "ratio_iqr": 0.1}}
+    row["paired"] = {**plan, "fwd": same, "fwd_bwd": same, "skipped": {"bwd": "no time left"}}
+    spectral._derive(row, 4)
+    assert row["speedup_fwd_bwd_vs_torch_eigh"] == 1.2
+    assert row["speedup_fwd_bwd_vs_torch_eigh_paired"] is True
+    assert row["speedup_bwd_vs_torch_eigh"] == pytest.approx(1.5)  # 3 ms / 2 ms, separate
+    assert row["speedup_bwd_vs_torch_eigh_paired"] is False
+    assert row["speedup_fwd_bwd_vs_newton_schulz"] == pytest.approx(50.0 / 3e-3)
+    assert row["speedup_fwd_bwd_vs_newton_schulz_paired"] is False
+    targets = spectral._targets([row])
+    assert targets[0]["measured"] == [
+        {"b": 128, "n": 64, "ratio": 1.2, "paired": True, "ratio_iqr": 0.1}]
+    assert targets[1]["measured"][0]["paired"] is False
+    path = tmp_path / "results.md"
+    _spectral_report.write_markdown(path, sweep[2]["metadata"], [row], targets, None, [])
+    md = path.read_text()
+    dagger = _spectral_report.DAGGER
+    assert "ours vs torch_eigh (b=128 n=64; target >= 1x): b=128 n=64: 1.2x (IQR 0.1)" in md
+    assert f"ours vs newton_schulz (b=128 n=64; target >= 2x): b=128 n=64: 16667x{dagger}" \
+        in md
+    assert f"| 1.2x / 1.5x{dagger} / 1.2x |" in md  # vs torch_eigh fwd / bwd / f+b
+    assert f"{dagger} marks a ratio of two separate processes" in md
+    assert f"| sqrtm: vs torch_eigh, backward | 1 (1{dagger}) |" in md
+    assert "- b=128 n=64 sqrtm paired stage: newton_schulz left out (one forward+backward " \
+        "call takes 50 s" in md
+    assert "bwd not timed (no time left)" in md
+
+
+def test_failing_paired_stage_falls_back_to_separate_processes(sweep):
+    row = copy.deepcopy(next(r for r in sweep[2]["results"] if r["task"] == "eigh"))
+    runner = _timing.IsolatedRunner(preload=["torch", "difflinalg"])
+    args = argparse.Namespace(dtype="float16", threads=1, seed=0, ns_iters=10,  # no Half eigh
+                              paired_rounds=3)
+    row["paired"] = spectral._run_paired(runner, row, args, 0.01, 60.0)
+    assert "float16" in row["paired"]["error"]
+    assert "fwd" not in row["paired"]
+    spectral._derive(row, 4)
+    for stage in ("fwd", "bwd", "fwd_bwd"):
+        for name in ("torch", "masked"):
+            key = f"{stage}_vs_{name}"
+            assert row[f"speedup_{key}"] == row["separate_process_speedups"][key] > 0
+            assert row[f"speedup_{key}_paired"] is False
+    assert spectral._targets([row])[2]["measured"][0]["paired"] is False
 
 
 def test_worker_error_is_a_message_not_a_crash():
@@ -207,6 +322,7 @@ def test_listed_with_the_other_suites(capsys):
     (["--configs", "1x2x3"], "expected configurations like 128x64,1x512"),
     (["--n", "0"], "expected positive integers"),
     (["--accuracy-n", "2"], "expected an integer >= 4"),
+    (["--paired-rounds", "2"], "expected an integer >= 3"),
 ])
 def test_bad_arguments_name_the_choices(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

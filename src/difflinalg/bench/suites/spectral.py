@@ -45,7 +45,18 @@ checked against the first gradient; if it differs, the backward time is reported
 ``[V; L]`` (an ``(n + 1) x n`` or ``(n + 1) x k`` tensor) with the packed cotangent
 ``[G; g]``, which is the loss above. The ``sqrtm`` workers also measure the relative error of
 the output and of the gradient against :func:`difflinalg.sqrtm_psd` in float64 (the Loewner
-formula, exact for this well-conditioned ``A``).
+formula, exact for this well-conditioned ``A``). These processes give the absolute times,
+the peak memory and the accuracy.
+
+The speed ratios come from a paired stage: per (configuration, task), one more process
+builds every method of the task on the same input and times the forward, forward+backward
+and the backward alone (on one recorded graph per method) of all of them interleaved, round
+by round, with :func:`~difflinalg.bench._timing.measure_interleaved`; the ratio ``t(X) /
+t(ours)`` (``ours_topk`` for ``eigh_topk``) is formed within each round and its median over
+the rounds reported, so the drift of the machine's speed between processes cancels. A method
+that would make the stage overrun its time budget (estimated from its own process's call
+times) is left out with the reason; where the paired stage has no ratio, the ratio of the two
+separate processes is reported instead and marked.
 
 Then, in one more process, the gradient accuracy on hard spectra (``--accuracy-n``, default
 8; float32 and float64): for the loss ``<G, A^(1/2)>`` the exact gradient is
@@ -68,11 +79,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,17 +93,17 @@ import difflinalg
 from difflinalg.testing import block_frechet, symmetric_with_spectrum
 
 from .._memory import available_memory_bytes
-from .._report import (
-    collect_metadata,
-    format_elapsed,
-    format_error,
-    format_ratio,
-    format_seconds_ms,
-    markdown_table,
-    write_json,
+from .._report import collect_metadata, format_elapsed, format_ratio, write_json
+from .._timing import (
+    Budget,
+    IsolatedRunner,
+    _timed_cost,
+    measure,
+    measure_interleaved,
+    profile_differentiable,
 )
-from .._timing import Budget, IsolatedRunner, _timed_cost, measure, profile_differentiable
 from ..cli import int_list, positive_float, positive_int
+from ._spectral_report import BUSY, STAGES, median_time, write_charts, write_markdown
 
 __all__ = ["DESCRIPTION", "NAME", "add_arguments", "run"]
 
@@ -118,9 +128,9 @@ LABELS = {
               "newton_schulz": "coupled Newton-Schulz with autograd"},
 }
 ACCURACY_METHODS = ("ours", "torch_eigh", "masked", "newton_schulz")
-STAGES = ("fwd", "bwd", "fwd_bwd")
 MASK_ATOL = 1e-9  # the absolute threshold of the `masked` baseline
-BUSY = 0.1  # share of the CPUs used by other processes above which timings are flagged
+PAIRED_ROUNDS = 5  # default rounds of the paired stage (measure_interleaved)
+_AUTORANGE_SEARCH = 0.06  # seconds blocked_autorange spends finding the block size of a fast call
 _REFERENCE_COST = 4.0  # float64 sqrtm reference, in float32 forward+backward calls
 _ACCURACY_TIMEOUT = 120.0  # at least this long for the accuracy process
 
@@ -348,6 +358,158 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
     report({"skipped": skipped, "stage": "done"})
 
 
+# ----------------------------------------------------------------------------- paired
+
+def _per_round(min_run_time: float, rounds: int) -> float:
+    """The ``blocked_autorange`` minimum run time of one round of ``measure_interleaved``."""
+    return max(min_run_time / rounds, 0.01)
+
+
+def _paired_cost(seconds: dict[str, float], min_run_time: float, rounds: int) -> float:
+    """Generous estimate of what one method costs the paired stage, from its call times:
+    warm-up, a recorded graph and its check, then each stage once per round."""
+    per_round = _per_round(min_run_time, rounds)
+    return 3.0 * seconds["fwd_bwd"] + rounds * sum(
+        _timed_cost(seconds[stage], per_round) + _AUTORANGE_SEARCH for stage in STAGES)
+
+
+def _paired_plan(row: dict[str, Any], *, budget_s: float, min_run_time: float,
+                 rounds: int) -> dict[str, Any]:
+    """Which methods the paired stage of ``row`` times, from their own processes' times.
+
+    A method without a forward+backward time of its own is left out (it failed or was not
+    run). While the estimated cost (:func:`_paired_cost`) exceeds ``budget_s``, the costliest
+    baseline is left out, with its call time and the estimate as the reason. Without the
+    reference method, or with nothing left to compare it with, the stage is ``not_run``.
+    """
+    task = row["task"]
+    reference = OURS[task]
+    methods: list[str] = []
+    left_out: dict[str, str] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    plan: dict[str, Any] = {"reference": reference, "methods": methods, "left_out": left_out,
+                            "rounds": rounds, "min_run_time": min_run_time,
+                            "own_process_seconds": seconds}
+    for name in TASKS[task]:
+        entry = row["methods"].get(name) or {}
+        fwd_bwd = median_time(entry, "fwd_bwd")
+        if fwd_bwd is None:
+            left_out[name] = ("not run" if entry.get("not_run") else
+                              "no forward+backward time from its own process")
+            continue
+        methods.append(name)
+        seconds[name] = {stage: median_time(entry, stage) or fwd_bwd for stage in STAGES}
+    if reference not in methods:
+        plan["not_run"] = f"{reference}: {left_out[reference]}"
+        return plan
+    costs = {m: _paired_cost(seconds[m], min_run_time, rounds) for m in methods}
+    total = sum(costs.values())
+    while total > budget_s and len(methods) > 1:
+        worst = max((m for m in methods if m != reference), key=costs.__getitem__)
+        left_out[worst] = (
+            f"one forward+backward call takes {seconds[worst]['fwd_bwd']:.2g} s; with it the "
+            f"paired stage would need about {total:.0f} s, over its budget of {budget_s:.0f} s")
+        methods.remove(worst)
+        del seconds[worst]
+        total -= costs.pop(worst)
+    if total > budget_s:
+        plan["not_run"] = (f"{reference} alone would need about {total:.0f} s, over the "
+                           f"budget of {budget_s:.0f} s")
+    elif len(methods) < 2:
+        plan["not_run"] = "nothing to compare with: every baseline left out"
+    return plan
+
+
+def _call_forward(forward: Callable[[torch.Tensor], torch.Tensor], param: torch.Tensor
+                  ) -> Callable[[], torch.Tensor]:
+    return lambda: forward(param)
+
+
+def _call_forward_backward(forward: Callable[[torch.Tensor], torch.Tensor],
+                           param: torch.Tensor, cot: torch.Tensor
+                           ) -> Callable[[], torch.Tensor]:
+    return lambda: torch.autograd.grad((forward(param) * cot).sum(), param)[0]
+
+
+def _call_backward(loss: torch.Tensor, param: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: torch.autograd.grad(loss, param, retain_graph=True)[0]
+
+
+def _paired_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
+    """The methods of one (configuration, task) timed interleaved in one process.
+
+    The speed ratios of the report come from here (see
+    :func:`~difflinalg.bench._timing.measure_interleaved`): per-method processes run at
+    different moments, and on a shared machine their speeds differ by tens of percent, which
+    is noise for a ratio near 1. Every method runs on the same input tensor. Stages: forward,
+    forward+backward, then the backward alone on one recorded graph per method (a method whose
+    retained-graph backward differs from its first gradient is left out of that stage). A
+    stage that would not fit in the time left is skipped and says so.
+    """
+    torch.set_num_threads(spec["threads"])
+    budget = Budget(spec["budget_s"])
+    task, n, ns_iters = spec["task"], spec["n"], spec["ns_iters"]
+    methods, reference = spec["methods"], spec["reference"]
+    seconds = spec["own_process_seconds"]
+    rounds, min_run_time = spec["rounds"], spec["min_run_time"]
+    dtype = getattr(torch, spec["dtype"])
+    A64, cot64 = _inputs(spec)
+    param, cot = A64.to(dtype).requires_grad_(), cot64.to(dtype)
+    small = {**spec, "b": min(spec["b"], 2), "n": min(n, 8)}
+    small_A, small_cot = (x.to(dtype) for x in _inputs(small))
+
+    report({"stage": "paired warm-up"})
+    forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    grads: dict[str, torch.Tensor] = {}
+    for method in methods:
+        forwards[method] = _forward(task, method, n, ns_iters)
+        _gradient(_forward(task, method, small["n"], ns_iters), small_A, small_cot)
+        grads[method] = _call_forward_backward(forwards[method], param, cot)()
+
+    skipped: dict[str, str] = {}
+
+    def interleaved(stage: str, fns: dict[str, Callable[[], object]]) -> None:
+        per_round = _per_round(min_run_time, rounds)
+        estimate = rounds * sum(_timed_cost(seconds[m][stage], per_round) + _AUTORANGE_SEARCH
+                                for m in fns)
+        reason = budget.skip_reason(estimate)
+        if reason is not None:
+            skipped[stage] = reason
+            report({"skipped": skipped})
+            return
+        report({"stage": f"paired {stage}"})
+        report({stage: measure_interleaved(fns, reference=reference, min_run_time=min_run_time,
+                                           num_threads=spec["threads"], rounds=rounds)})
+
+    interleaved("fwd", {m: _call_forward(forwards[m], param) for m in methods})
+    interleaved("fwd_bwd", {m: _call_forward_backward(forwards[m], param, cot)
+                            for m in methods})
+
+    report({"stage": "paired bwd graphs"})
+    backwards: dict[str, Callable[[], object]] = {}
+    left_out: dict[str, str] = {}
+    if (reason := budget.skip_reason(sum(seconds[m]["fwd_bwd"] for m in methods))) is None:
+        for method in methods:
+            backward = _call_backward((forwards[method](param) * cot).sum(), param)
+            check = _relative_error(backward(), grads[method].double())
+            if check is not None and check <= 1e-4:
+                backwards[method] = backward
+            else:
+                left_out[method] = (f"the retained-graph backward differs from the first "
+                                    f"gradient (relative {check})")
+        report({"bwd_left_out": left_out})
+    if reason is not None:
+        skipped["bwd"] = reason
+    elif reference not in backwards:
+        skipped["bwd"] = f"{reference} left out of bwd"
+    elif len(backwards) < 2:
+        skipped["bwd"] = "nothing to compare with: every baseline left out of bwd"
+    else:
+        interleaved("bwd", backwards)
+    backwards.clear()
+    report({"skipped": skipped, "stage": "done"})
+
+
 # ----------------------------------------------------------------------------- accuracy
 
 def _spectra(n: int) -> list[tuple[str, torch.Tensor, bool]]:
@@ -450,11 +612,16 @@ def _task_list(text: str) -> tuple[str, ...]:
     return tuple(t for t in TASKS if t in tasks)
 
 
-def _accuracy_n(text: str) -> int:
-    value = positive_int(text)
-    if value < 4:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 4, but got {text!r}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, but got {text!r}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -478,18 +645,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=2,
                         help="torch.set_num_threads for every run. Default: 2")
     parser.add_argument("--timeout", type=positive_float, metavar="SECONDS",
-                        help="limit per (configuration, task, method). Default: the preset's ("
+                        help="limit per (configuration, task, method) process and per "
+                             "paired stage. Default: the preset's ("
                              + ", ".join(f"{n} {p.timeout:g}" for n, p in PRESETS.items())
                              + f"); the accuracy part gets at least {_ACCURACY_TIMEOUT:g}")
     parser.add_argument("--min-run-time", type=positive_float, metavar="SECONDS",
                         help="blocked_autorange min_run_time. Default: the preset's ("
                              + ", ".join(f"{n} {p.min_run_time:g}" for n, p in PRESETS.items())
                              + ")")
+    parser.add_argument("--paired-rounds", type=_int_at_least(3), default=PAIRED_ROUNDS,
+                        metavar="N",
+                        help="rounds of the paired stage, which times the methods of a task "
+                             "interleaved in one process and gives the speed ratios (median "
+                             f"over the rounds). Default: {PAIRED_ROUNDS}")
     parser.add_argument("--no-memory", action="store_true",
                         help="do not measure peak memory")
     parser.add_argument("--ns-iters", type=positive_int, default=10,
                         help="Newton-Schulz iterations. Default: 10")
-    parser.add_argument("--accuracy-n", type=_accuracy_n, default=8,
+    parser.add_argument("--accuracy-n", type=_int_at_least(4), default=8,
                         help="matrix size of the gradient-accuracy part. Default: 8")
     parser.add_argument("--no-accuracy", action="store_true",
                         help="skip the gradient-accuracy part")
@@ -519,11 +692,6 @@ def _not_run_reason(method: str, b: int, n: int, ns_iters: int) -> str | None:
 
 # ----------------------------------------------------------------------------- derived
 
-def _median(entry: dict[str, Any] | None, key: str) -> float | None:
-    timing = (entry or {}).get(key)
-    return timing["median_s"] if timing else None
-
-
 def _ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or not (num > 0 and den > 0):
         return None
@@ -532,29 +700,50 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den
 
 
+def _paired_ratio(row: dict[str, Any], stage: str, name: str) -> float | None:
+    """``t(name) / t(ours)`` of the paired stage, or None where it has none."""
+    timing = ((row.get("paired") or {}).get(stage) or {}).get(name) or {}
+    ratio = timing.get("ratio_to_reference")
+    if isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0:
+        return float(ratio)
+    return None
+
+
 def _derive(row: dict[str, Any], itemsize: int) -> None:
-    """Backward times, ratios to ours, memory in units of the input, and ``error``."""
+    """Backward times, ratios to ours, memory in units of the input, and ``error``.
+
+    ``speedup_<stage>_vs_<name>`` is the paired stage's ``t(name) / t(ours)`` where it has
+    one (``speedup_<stage>_vs_<name>_paired`` true), else the ratio of the medians of the two
+    methods' own processes (false); both are kept in ``separate_process_speedups``.
+    """
     methods = row["methods"]
     input_bytes = row["b"] * row["n"] * row["n"] * itemsize
     for entry in methods.values():
         if not entry.get("bwd"):
-            fwd, fwd_bwd = _median(entry, "fwd"), _median(entry, "fwd_bwd")
+            fwd, fwd_bwd = median_time(entry, "fwd"), median_time(entry, "fwd_bwd")
             if fwd is not None and fwd_bwd is not None and fwd_bwd > fwd:
                 entry["bwd"] = {"median_s": fwd_bwd - fwd}
                 entry["bwd_source"] = "f+b - fwd"
         peak = entry.get("peak_extra_bytes")
         entry["peak_extra_x_input"] = peak / input_bytes if peak is not None else None
     ours = methods.get(OURS[row["task"]])
+    separate: dict[str, float | None] = {}
     for name in TASKS[row["task"]]:
         if name == OURS[row["task"]] or name not in methods:
             continue
         for stage in STAGES:
-            row[f"speedup_{stage}_vs_{name}"] = _ratio(_median(methods[name], stage),
-                                                       _median(ours, stage))
+            key = f"{stage}_vs_{name}"
+            separate[key] = _ratio(median_time(methods[name], stage), median_time(ours, stage))
+            same = _paired_ratio(row, stage, name)
+            row[f"speedup_{key}"] = same if same is not None else separate[key]
+            row[f"speedup_{key}_paired"] = same is not None
         row[f"memory_ratio_vs_{name}"] = _ratio(methods[name].get("peak_extra_bytes"),
                                                 (ours or {}).get("peak_extra_bytes"))
-    loads = [e[stage]["other_load"] for e in methods.values() for stage in ("fwd", "fwd_bwd")
-             if e.get(stage) and e[stage].get("other_load") is not None]
+    row["separate_process_speedups"] = separate
+    paired = row.get("paired") or {}
+    timings = [e.get(stage) for e in methods.values() for stage in ("fwd", "fwd_bwd")]
+    timings += [t for stage in STAGES for t in (paired.get(stage) or {}).values()]
+    loads = [t["other_load"] for t in timings if t and t.get("other_load") is not None]
     row["other_load"] = max(loads) if loads else None
     errors = [f"{n}: {e['error']}" for n, e in methods.items() if e.get("error")]
     row["error"] = "; ".join(errors) or None
@@ -579,312 +768,17 @@ def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "where": "n=512", "key": "speedup_bwd_vs_ours_full",
                     "rows": find("eigh_topk", n=512)})
     for target in targets:
-        target["measured"] = [{"b": r["b"], "n": r["n"], "ratio": r.get(target["key"])}
-                              for r in target.pop("rows")]
+        target["measured"] = [_measured(r, target["key"]) for r in target.pop("rows")]
     return targets
 
 
-# ----------------------------------------------------------------------------- report
-
-def _why_missing(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "-"
-    if entry.get("not_run"):
-        return "n/r"
-    error = entry.get("error") or ""
-    return "timeout" if error.startswith("timeout") else ("error" if error else "-")
-
-
-def _cell_time(entry: dict[str, Any] | None, key: str) -> str:
-    value = _median(entry, key)
-    if value is not None:
-        return format_seconds_ms(value)
-    if key in (entry or {}).get("skipped", {}):
-        return "skip"
-    return _why_missing(entry)
-
-
-def _mib(entry: dict[str, Any] | None) -> str:
-    peak = (entry or {}).get("peak_extra_bytes")
-    return "-" if peak is None else f"{peak / 2**20:.3g}"
-
-
-def _task_table(task: str, rows: list[dict[str, Any]]) -> str:
-    methods = TASKS[task]
-    ours = OURS[task]
-    baselines = [m for m in methods if m != ours]
-    headers = ["b", "n"] + (["k"] if task == "eigh_topk" else [])
-    headers += [f"{m} fwd / bwd / f+b ms" for m in methods]
-    headers += [f"vs {m} fwd / bwd / f+b" for m in baselines]
-    headers.append("peak MiB " + " / ".join(methods))
-    if task == "sqrtm":
-        headers.append("grad err " + " / ".join(methods))
-    lines = []
-    for row in rows:
-        ms = row["methods"]
-        flag = "*" if (row.get("other_load") or 0) > BUSY else ""
-        cells = [str(row["b"]), str(row["n"]) + flag]
-        if task == "eigh_topk":
-            cells.append(str(row["k"]))
-        cells += [" / ".join(_cell_time(ms.get(m), s) for s in STAGES) for m in methods]
-        for m in baselines:
-            cells.append(" / ".join(
-                format_ratio(r) if (r := row.get(f"speedup_{s}_vs_{m}")) else
-                _why_missing(ms.get(m)) for s in STAGES))
-        cells.append(" / ".join(_mib(ms.get(m)) for m in methods))
-        if task == "sqrtm":
-            cells.append(" / ".join(_format_err((ms.get(m) or {}).get("grad_err"))
-                                    for m in methods))
-        lines.append(cells)
-    return markdown_table(headers, lines, numeric=[True] * len(headers))
-
-
-def _format_err(value: Any) -> str:
-    if isinstance(value, str) or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    return format_error(value)
-
-
-def _summary(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| ratio (ours better if > 1) | configs | min | median | max |",
-           "| :--- | ---: | ---: | ---: | ---: |"]
-    for task, methods in TASKS.items():
-        for m in (m for m in methods if m != OURS[task]):
-            for stage, what in (("bwd", "backward"), ("fwd_bwd", "f+b"), ("fwd", "forward")):
-                values = [r[f"speedup_{stage}_vs_{m}"] for r in rows if r["task"] == task
-                          and r.get(f"speedup_{stage}_vs_{m}")]
-                if not any(r["task"] == task for r in rows):
-                    continue
-                if not values:
-                    out.append(f"| {task}: vs {m}, {what} | 0 | - | - | - |")
-                    continue
-                out.append(f"| {task}: vs {m}, {what} | {len(values)} | "
-                           f"{format_ratio(min(values))} | "
-                           f"{format_ratio(statistics.median(values))} | "
-                           f"{format_ratio(max(values))} |")
-    return out
-
-
-def _target_lines(targets: list[dict[str, Any]]) -> list[str]:
-    lines = []
-    for t in targets:
-        if not t["measured"]:
-            found = f"not measured ({t['where']} not in this sweep)"
-        else:
-            found = ", ".join(f"b={m['b']} n={m['n']}: "
-                              + (format_ratio(m["ratio"]) if m["ratio"] else "n/a")
-                              for m in t["measured"])
-        lines.append(f"- {t['what']} ({t['where']}; target >= {t['want']:g}x): {found}")
-    return lines
-
-
-def _accuracy_section(accuracy: dict[str, Any] | None) -> list[str]:
-    if accuracy is None:
-        return []
-    lines = [f"## Gradient accuracy on hard spectra (n = {accuracy['n']})", ""]
-    if accuracy.get("skipped") or accuracy.get("error"):
-        return lines + [f"Not measured: {accuracy.get('skipped') or accuracy.get('error')}.", ""]
-    rows = accuracy.get("rows", [])
-    lines += [
-        "Relative error ||g - g*||_F / ||g*||_F of the gradient of <G, A^(1/2)> w.r.t. A "
-        "(Gaussian G), in the dtype of the column group; NaN: the gradient has NaN or inf. "
-        "g* = Df(A)[sym(G)] in float64 from the block oracle "
-        "sqrtm([[A, E], [0, A]])[:n, n:] (scipy.linalg.sqrtm), for A rounded to the dtype; "
-        "largest difference between the oracle and the float64 Loewner formula: "
-        + format_error(max((r["oracle_vs_loewner64"] or 0.0 for r in rows), default=None))
-        + ". Spectra: identity and 2I exactly (no rotation); the others Q diag(l) Q^T for a "
-          "random orthogonal Q; doubled/tripled: 1 repeated, then 2..4; gap g: 1 and 1 + g; "
-          "cond c: logspaced from 1 to 1/c.", ""]
-    headers = ["spectrum"] + [f"{m} {d}" for d in ("float32", "float64")
-                              for m in accuracy["methods"]]
-    table = []
-    for name in dict.fromkeys(r["spectrum"] for r in rows):
-        cells = [name]
-        for dtype in ("float32", "float64"):
-            match = [r for r in rows if r["spectrum"] == name and r["dtype"] == dtype]
-            for m in accuracy["methods"]:
-                cells.append(_format_err(match[0]["grad_err"].get(m)) if match else "-")
-        table.append(cells)
-    lines += [markdown_table(headers, table, numeric=[False] + [True] * (len(headers) - 1)), ""]
-    failed = [(r, m, e) for r in rows for m, e in r.get("errors", {}).items()]
-    lines += [f"- {r['spectrum']} {r['dtype']} {m}: {e}" for r, m, e in failed]
-    return lines + ([""] if failed else [])
-
-
-def _loads(values: Sequence[float] | None) -> str:
-    return "n/a" if not values else ", ".join(f"{v:.2f}" for v in values)
-
-
-def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, Any]],
-                    targets: list[dict[str, Any]], accuracy: dict[str, Any] | None,
-                    charts: list[Path]) -> None:
-    blas = metadata["blas"]
-    git = metadata.get("git") or {}
-    lines = [
-        "# spectral benchmark: eigh, top-k eigh, sqrtm_psd", "",
-        f"- date: {metadata['date']}, preset: {metadata['preset']}, dtype: {metadata['dtype']},"
-        f" threads: {metadata['threads']}, min_run_time: {metadata['min_run_time']} s,"
-        f" timeout: {metadata['timeout']} s per case",
-        f"- torch {metadata['torch']}, python {metadata['python']}, difflinalg "
-        f"{metadata['difflinalg']}, git {(git.get('commit') or 'n/a')[:12]}"
-        + (" (dirty)" if git.get("dirty") else ""),
-        f"- {metadata['cpu']} ({metadata['logical_cpus']} logical CPUs, "
-        f"{metadata['cpu_capability']}), BLAS {blas['blas_info']}, LAPACK "
-        f"{blas['lapack_info']}, {blas['parallel_backend']}",
-        f"- load average (1, 5, 15 min) at start: {_loads(metadata.get('load_average_at_start'))}",
-    ]
-    for task in metadata["tasks"]:
-        labels = ", ".join(f"`{m}` = {label}" for m, label in LABELS[task].items())
-        lines.append(f"- {task}: {labels}")
-    lines.append(f"- newton_schulz: {metadata['ns_iters']} iterations")
-    busy = [row for row in rows if (row.get("other_load") or 0) > BUSY]
-    if busy:
-        worst = max(row["other_load"] for row in busy)
-        lines += ["", f"> **Warning:** other processes used up to {worst:.0%} of the CPUs while "
-                      f"{len(busy)} of {len(rows)} rows were timed (marked * below); those "
-                      "timings are unreliable. Re-run on an idle machine."]
-    lines += [
-        "",
-        "Times are medians of `torch.utils.benchmark.Timer.blocked_autorange` in ms; f+b = "
-        "forward+backward; bwd = `torch.autograd.grad(loss, A, retain_graph=True)` on a "
-        "recorded graph (f+b - fwd where that could not be timed; see results.json "
-        "`bwd_source`). Speed-up vs X = time(X) / time(ours) (> 1: ours faster; for "
-        "eigh_topk, ours = ours_topk). peak MiB = peak extra resident memory of one "
-        "forward+backward (see the householder suite for the method). grad err (sqrtm) = "
-        "||g - g64|| / ||g64|| against difflinalg.sqrtm_psd in float64. n/r = not run, "
-        "timeout/error: see below.", "",
-        "## Targets", "",
-        *_target_lines(targets), ""]
-    for task in metadata["tasks"]:
-        sub = [r for r in rows if r["task"] == task]
-        if not sub:
-            continue
-        title = f"## {task}" + (" (k = max(1, n // 8) largest pairs)"
-                                if task == "eigh_topk" else "")
-        lines += [title, "", _task_table(task, sub), ""]
-    lines += ["## Summary", ""] + _summary(rows) + [""]
-    lines += _accuracy_section(accuracy)
-    failures = [(row, m, e) for row in rows for m, e in row["methods"].items()
-                if e.get("error") or e.get("not_run") or e.get("skipped")]
-    if failures:
-        lines += ["## Failures, skipped cases and skipped stages", ""]
-        for row, m, e in failures:
-            what = e.get("error") or e.get("not_run") or "; ".join(
-                f"{stage}: {why}" for stage, why in e["skipped"].items())
-            lines.append(f"- b={row['b']} n={row['n']} {row['task']} {m}: {what}")
-        lines.append("")
-    if charts:
-        lines += ["## Charts", ""] + [f"![{c.stem}]({c.name})" for c in charts] + [""]
-    elif metadata.get("charts"):
-        lines += ["## Charts", "", f"Charts {metadata['charts']}.", ""]
-    path.write_text("\n".join(lines))
-
-
-# ----------------------------------------------------------------------------- charts
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _time_chart(path: Path, task: str, rows: list[dict[str, Any]], note: str) -> None:
-    plt = _pyplot()
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    methods = TASKS[task]
-    labels = [f"{r['b']}\u00d7{r['n']}" for r in rows]
-    width = 0.8 / len(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.6 * len(rows) + 3.0) * 1.6, 4.2),
-                             layout="constrained")
-    for ax, stage, what in zip(axes, ("fwd", "bwd"), ("forward", "backward")):
-        for j, m in enumerate(methods):
-            values = [_median(r["methods"].get(m), stage) for r in rows]
-            xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(rows))]
-            ax.bar([x for x, v in zip(xs, values) if v], [1e3 * v for v in values if v],
-                   width=width, label=m)
-            for x, v in zip(xs, values):
-                ax.text(x, 1e3 * v if v else 0.02, format_seconds_ms(v) if v else "n/a",
-                        ha="center", va="bottom", fontsize=7, color="0.2" if v else "0.4",
-                        transform=ax.transData if v else ax.get_xaxis_transform())
-        ax.set_yscale("log")
-        shown = [1e3 * v for r in rows for m in methods
-                 if (v := _median(r["methods"].get(m), stage))]
-        if shown:  # bars start well below the smallest, so heights compare on the log scale
-            ax.set_ylim(min(shown) / 5, max(shown) * 2)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticks(range(len(rows)), labels)
-        ax.set_xlabel("b \u00d7 n")
-        ax.set_ylabel("median time (ms, log scale)")
-        ax.set_title(what)
-        ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{task}: time per call by method (lower is better)", fontsize=11)
-    fig.supxlabel(note, fontsize=8, color="0.35")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _error_chart(path: Path, accuracy: dict[str, Any], note: str) -> None:
-    plt = _pyplot()
-    import numpy as np
-    from matplotlib.colors import LogNorm
-
-    rows, methods = accuracy["rows"], accuracy["methods"]
-    spectra = list(dict.fromkeys(r["spectrum"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 0.42 * len(spectra) + 2.2),
-                             layout="constrained")
-    norm = LogNorm(vmin=1e-16, vmax=10.0)
-    image = None
-    for ax, dtype in zip(axes, ("float32", "float64")):
-        grid = np.full((len(spectra), len(methods)), np.nan)
-        text = [["-"] * len(methods) for _ in spectra]
-        for r in (r for r in rows if r["dtype"] == dtype):
-            i = spectra.index(r["spectrum"])
-            for j, m in enumerate(methods):
-                value = r["grad_err"].get(m)
-                text[i][j] = _format_err(value)
-                if isinstance(value, float) and math.isfinite(value):
-                    grid[i, j] = min(max(value, 1e-16), 10.0)
-        cmap = plt.get_cmap("viridis").with_extremes(bad="0.8")
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
-        for i in range(len(spectra)):
-            for j in range(len(methods)):
-                dark = not np.isnan(grid[i, j]) and grid[i, j] < 1e-6
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black")
-        ax.set_xticks(range(len(methods)), methods, rotation=20)
-        ax.set_yticks(range(len(spectra)), spectra)
-        ax.set_title(dtype)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.9, label="relative gradient error")
-    fig.suptitle(f"Gradient of <G, sqrtm(A)>: relative error vs the exact float64 gradient "
-                 f"(n = {accuracy['n']}; grey: NaN/inf)", fontsize=11)
-    fig.supxlabel(note, fontsize=8, color="0.35")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _write_charts(out_dir: Path, rows: list[dict[str, Any]], accuracy: dict[str, Any] | None,
-                  metadata: dict[str, Any]) -> list[Path]:
-    note = (f"{metadata['cpu']}, {metadata['threads']} threads, {metadata['dtype']}, torch "
-            f"{metadata['torch']}")
-    written = []
-    for task in metadata["tasks"]:
-        sub = [r for r in rows if r["task"] == task]
-        if any(_median(e, "fwd") for r in sub for e in r["methods"].values()):
-            path = out_dir / f"times_{task}.png"
-            _time_chart(path, task, sub, note)
-            written.append(path)
-    if accuracy and accuracy.get("rows"):
-        path = out_dir / "grad_error.png"
-        _error_chart(path, accuracy, f"torch {metadata['torch']}")
-        written.append(path)
-    return written
+def _measured(row: dict[str, Any], key: str) -> dict[str, Any]:
+    """One target figure: the ratio, whether it is paired, and its spread over the rounds."""
+    stage, name = key.removeprefix("speedup_").split("_vs_")
+    paired = bool(row.get(f"{key}_paired"))
+    timing = ((row.get("paired") or {}).get(stage) or {}).get(name) or {}
+    return {"b": row["b"], "n": row["n"], "ratio": row.get(key), "paired": paired,
+            "ratio_iqr": timing.get("ratio_iqr") if paired else None}
 
 
 # ----------------------------------------------------------------------------- run
@@ -911,6 +805,27 @@ def _run_accuracy(runner: IsolatedRunner, args: argparse.Namespace, timeout: flo
     return accuracy
 
 
+def _run_paired(runner: IsolatedRunner, row: dict[str, Any], args: argparse.Namespace,
+                min_run_time: float, timeout: float) -> dict[str, Any]:
+    """The paired (same-process, interleaved) timing stage of one (configuration, task)."""
+    paired = _paired_plan(row, budget_s=0.9 * timeout, min_run_time=min_run_time,
+                          rounds=args.paired_rounds)
+    if paired.get("not_run"):
+        return paired
+    spec = {"b": row["b"], "n": row["n"], "task": row["task"], "dtype": args.dtype,
+            "threads": args.threads, "seed": args.seed, "ns_iters": args.ns_iters,
+            "budget_s": 0.9 * timeout,
+            **{key: paired[key] for key in ("methods", "reference", "own_process_seconds",
+                                            "rounds", "min_run_time")}}
+    result, error = runner.run(_paired_worker, spec, timeout)
+    if not error:
+        result.pop("stage", None)
+    paired.update(result)
+    if error:
+        paired["error"] = error
+    return paired
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the sweep and the accuracy part; write results.json, results.md and charts."""
     preset = PRESETS[args.preset]
@@ -926,7 +841,9 @@ def run(args: argparse.Namespace) -> int:
         "timeout": timeout, "min_run_time": min_run_time, "memory": not args.no_memory,
         "seed": args.seed, "tasks": list(args.tasks), "ns_iters": args.ns_iters,
         "methods": {t: list(TASKS[t]) for t in args.tasks},
-        "method_labels": {t: LABELS[t] for t in args.tasks}, "mask_atol": MASK_ATOL})
+        "method_labels": {t: LABELS[t] for t in args.tasks},
+        "reference_methods": {t: OURS[t] for t in args.tasks}, "paired_rounds": args.paired_rounds,
+        "mask_atol": MASK_ATOL})
     runner = IsolatedRunner(preload=["torch", "difflinalg", __name__])
     rows: list[dict[str, Any]] = []
     accuracy: dict[str, Any] | None = None
@@ -967,6 +884,11 @@ def run(args: argparse.Namespace) -> int:
                     tag = "timeout" if error and error.startswith("timeout") else \
                         ("error" if error else "ok")
                     print(f" {method} {tag}", end="", file=sys.stderr, flush=True)
+                row["paired"] = paired = _run_paired(runner, row, args, min_run_time, timeout)
+                error = paired.get("error") or ""
+                tag = "n/r" if paired.get("not_run") else "timeout" if error.startswith(
+                    "timeout") else ("error" if error else "ok")
+                print(f" paired {tag}", end="", file=sys.stderr, flush=True)
                 _derive(row, itemsize)
                 rows.append(row)
             headlines = [(f"{task} {stage} vs {m}", r.get(f"speedup_{stage}_vs_{m}"))
@@ -997,14 +919,14 @@ def run(args: argparse.Namespace) -> int:
     for stale in (*out_dir.glob("times_*.png"), out_dir / "grad_error.png"):
         stale.unlink(missing_ok=True)
     try:
-        charts = _write_charts(out_dir, rows, accuracy, metadata)
+        charts = write_charts(out_dir, rows, accuracy, metadata)
     except ImportError as exc:  # matplotlib is an optional dependency (the bench extra)
         charts = []
         metadata["charts"] = f"not drawn: {exc}"
         print(f"spectral bench: charts not drawn ({exc}); pip install 'difflinalg[bench]'",
               file=sys.stderr)
     save()
-    _write_markdown(md_path, metadata, rows, _targets(rows), accuracy, charts)
+    write_markdown(md_path, metadata, rows, _targets(rows), accuracy, charts)
     print(f"spectral bench: {len(configs)} configurations x {len(args.tasks)} tasks in "
           f"{format_elapsed(time.monotonic() - start)}; wrote:")
     for path in (json_path, md_path, *charts):
