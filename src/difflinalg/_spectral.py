@@ -60,17 +60,23 @@ def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0,
     ls = lam * scale if scale != 1.0 else lam
     start, stop = (0, lam.shape[-1]) if cols is None else cols
     li, lj = _pairs(ls)
-    lj = lj[..., start:stop]
-    d = lj - li
-    tol = rtol * _scale(lam)
-    if inplace_ok(d) and not _any(lam[..., 1:] - lam[..., :-1] <= tol[..., 0]):
-        # sorted, no two neighbours within tol: only the diagonal is masked
+    d = lj[..., start:stop] - li
+    # tolerance (*, 1, 1); an all-zero spectrum gets tol = 0, which still masks exact ties
+    tol = ls.abs().amax(-1, keepdim=True).unsqueeze(-1).mul_(rtol)
+    inplace = inplace_ok(d)
+    if inplace and d.numel() > _FAST_PATH_NUMEL and \
+            not _any(ls[..., 1:] - ls[..., :-1] <= tol[..., 0]):
+        # sorted, no two neighbours within tol: only the diagonal is masked (no n^2 passes;
+        # below the size threshold the three passes cost less than the extra calls)
         d[..., start:stop, :].diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
         return d
-    close = d.abs() <= tol * abs(scale)
-    if not inplace_ok(d, close):
+    close = d.abs() <= tol
+    if not inplace:
         return d.masked_fill(close, float("inf"))
     return d.masked_fill_(close, float("inf"))
+
+
+_FAST_PATH_NUMEL = 1 << 17
 
 
 def inplace_ok(*tensors: torch.Tensor) -> bool:
