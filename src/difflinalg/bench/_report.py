@@ -23,6 +23,9 @@ import torch
 
 __all__ = [
     "collect_metadata",
+    "ratio",
+    "relative_error",
+    "why_missing",
     "format_elapsed",
     "format_error",
     "format_percent",
@@ -261,3 +264,34 @@ def ratio_heatmaps(path: Path, panels: Sequence[dict[str, Any]], *, title: str,
         fig.supxlabel(note, fontsize=8, color="0.35")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- shared cells
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    """num / den for two positive finite numbers, else None."""
+    if num is None or den is None or not (num > 0 and den > 0):
+        return None
+    if not (math.isfinite(num) and math.isfinite(den)):
+        return None
+    return num / den
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float | None:
+    """``||x - ref|| / ||ref||`` in float64; NaN when ``x`` is not finite, None if ref = 0."""
+    ref_norm = torch.linalg.vector_norm(ref)
+    if ref_norm == 0:
+        return None
+    if not bool(torch.isfinite(x).all()):
+        return math.nan
+    return float(torch.linalg.vector_norm(x.double() - ref) / ref_norm)
+
+
+def why_missing(entry: Mapping[str, Any] | None) -> str:
+    """Table cell for a method without a value: not run, timeout, error or '-'."""
+    if entry is None:
+        return "-"
+    if entry.get("not_run"):
+        return "n/r"
+    error = entry.get("error") or ""
+    return "timeout" if error.startswith("timeout") else ("error" if error else "-")

@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._report import format_error, format_ratio, format_seconds_ms, markdown_table
+from .._report import (
+    format_error,
+    format_ratio,
+    format_seconds_ms,
+    markdown_table,
+    why_missing,
+)
 
 __all__ = ["BUSY", "DAGGER", "STAGES", "format_err", "median_time", "write_charts",
            "write_markdown"]
@@ -37,29 +43,20 @@ def format_err(value: Any) -> str:
     return format_error(value)
 
 
-def _why_missing(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "-"
-    if entry.get("not_run"):
-        return "n/r"
-    error = entry.get("error") or ""
-    return "timeout" if error.startswith("timeout") else ("error" if error else "-")
-
-
 def _cell_time(entry: dict[str, Any] | None, key: str) -> str:
     value = median_time(entry, key)
     if value is not None:
         return format_seconds_ms(value)
     if key in (entry or {}).get("skipped", {}):
         return "skip"
-    return _why_missing(entry)
+    return why_missing(entry)
 
 
 def _cell_ratio(row: dict[str, Any], stage: str, method: str) -> str:
     """The speed-up of ours over ``method``, daggered when not from the paired stage."""
     ratio = row.get(f"speedup_{stage}_vs_{method}")
     if not ratio:
-        return _why_missing(row["methods"].get(method))
+        return why_missing(row["methods"].get(method))
     paired = row.get(f"speedup_{stage}_vs_{method}_paired", True)
     return format_ratio(ratio) + ("" if paired else DAGGER)
 

@@ -58,7 +58,10 @@ from .._report import (
     format_ratio,
     format_seconds_ms,
     markdown_table,
+    ratio,
     ratio_heatmaps,
+    relative_error,
+    why_missing,
     write_json,
 )
 from .._timing import (
@@ -163,13 +166,6 @@ def _gradient(forward: Callable[[torch.Tensor], torch.Tensor], values: torch.Ten
     return grad
 
 
-def _relative_error(x: torch.Tensor, ref: torch.Tensor) -> float | None:
-    ref_norm = torch.linalg.vector_norm(ref)
-    if ref_norm == 0:
-        return None
-    return float(torch.linalg.vector_norm(x.double() - ref) / ref_norm)
-
-
 def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
     """One (configuration, method) in its own process; reports results stage by stage."""
     torch.set_num_threads(spec["threads"])
@@ -212,7 +208,7 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
         ours = _forward("ours", r)
         ours32 = _gradient(ours, param, G)
         ours64 = _gradient(ours, param64, G64)
-        report({"grad_err_vs_ours64": _relative_error(grad, ours64)})
+        report({"grad_err_vs_ours64": relative_error(grad, ours64)})
     if dtype == torch.float64:
         skipped["grad_err"] = "the run is float64 already"
     elif (reason := budget.skip_reason(_REFERENCE_COST * call_s)) is not None:
@@ -220,10 +216,10 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
     else:
         report({"stage": "float64 reference"})
         ref64 = _gradient(forward, param64, G64)
-        report({"grad_err": _relative_error(grad, ref64)})
+        report({"grad_err": relative_error(grad, ref64)})
         if method == "torch":
-            report({"cross": {"ours_grad_err_vs_torch64": _relative_error(ours32, ref64),
-                              "ours64_vs_torch64": _relative_error(ours64, ref64)}})
+            report({"cross": {"ours_grad_err_vs_torch64": relative_error(ours32, ref64),
+                              "ours64_vs_torch64": relative_error(ours64, ref64)}})
     report({"skipped": skipped, "stage": "done"})
 
 
@@ -370,12 +366,6 @@ def _median(entry: dict[str, Any], key: str) -> float | None:
     return timing["median_s"] if timing else None
 
 
-def _ratio(num: float | None, den: float | None) -> float | None:
-    if num is None or den is None or den <= 0 or num <= 0:
-        return None
-    return num / den
-
-
 def _derive(row: dict[str, Any], itemsize: int) -> None:
     """Row-level ratios, GEMM fraction, memory multiples and the summary ``error``."""
     b, d, r = row["b"], row["d"], row["r"]
@@ -397,11 +387,11 @@ def _derive(row: dict[str, Any], itemsize: int) -> None:
         for stage, key in (("fwd", "speedup_fwd_vs"), ("fwd_bwd", "speedup_fwd_bwd_vs")):
             same = (paired.get(stage) or {}).get(name, {}).get("ratio_to_reference")
             # paired: t(other) / t(ours) formed in one process; else from two processes
-            row[f"{key}_{name}"] = same if same else _ratio(_median(other, stage),
+            row[f"{key}_{name}"] = same if same else ratio(_median(other, stage),
                                                               _median(ours, stage))
             row[f"{key}_{name}_paired"] = bool(same)
-        row[f"err_ratio_vs_{name}"] = _ratio(other.get("ortho_err"), ours.get("ortho_err"))
-        row[f"grad_err_ratio_vs_{name}"] = _ratio(other.get("grad_err"), ours.get("grad_err"))
+        row[f"err_ratio_vs_{name}"] = ratio(other.get("ortho_err"), ours.get("ortho_err"))
+        row[f"grad_err_ratio_vs_{name}"] = ratio(other.get("grad_err"), ours.get("grad_err"))
     fwd_speedups = {n: row.get(f"speedup_fwd_vs_{n}") for n in LAPACK_LIKE if n in methods}
     fwd_speedups = {n: v for n, v in fwd_speedups.items() if v}
     best = min(fwd_speedups, key=fwd_speedups.__getitem__) if fwd_speedups else None
@@ -427,16 +417,7 @@ def _cell_time(entry: dict[str, Any] | None, key: str) -> str:
         return format_seconds_ms(entry[key]["median_s"])
     if key in entry.get("skipped", {}):
         return "skip"
-    return _why_missing(entry)
-
-
-def _why_missing(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "-"
-    if entry.get("not_run"):
-        return "n/r"
-    error = entry.get("error") or ""
-    return "timeout" if error.startswith("timeout") else ("error" if error else "-")
+    return why_missing(entry)
 
 
 def _pair(left: str, right: str) -> str:
@@ -459,7 +440,7 @@ def _table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
                  _cell_time(torch_, "fwd"), _cell_time(torch_, "fwd_bwd")]
         for m in baselines:
             fb, f = row.get(f"speedup_fwd_bwd_vs_{m}"), row.get(f"speedup_fwd_vs_{m}")
-            missing = _why_missing(ms.get(m))
+            missing = why_missing(ms.get(m))
             dagger = {k: "" if row.get(f"{k}_{m}_paired", True) else "\u2020"
                       for k in ("speedup_fwd_bwd_vs", "speedup_fwd_vs")}
             cells.append(_pair(format_ratio(fb) + dagger["speedup_fwd_bwd_vs"] if fb
@@ -590,10 +571,10 @@ def _write_charts(out_dir: Path, rows: list[dict[str, Any]], metadata: dict[str,
                     "cols": sorted({row["r"] for row in sub}),
                     "cells": {(row["d"], row["r"]): row.get(f"{key}_{m}") for row in sub}})
             path = out_dir / f"{stem}_{m}.png"
-            ratio = "time" if stem == "speedup_vs" else "error"
+            quantity = "time" if stem == "speedup_vs" else "error"
             ratio_heatmaps(path, panels, note=note,
                            title=f"{what} of {LABELS['ours']} over {LABELS[m]}\n"
-                                 f"{ratio}({m}) / {ratio}(ours)")
+                                 f"{quantity}({m}) / {quantity}(ours)")
             written.append(path)
     return written
 

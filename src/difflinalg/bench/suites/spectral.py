@@ -93,7 +93,14 @@ import difflinalg
 from difflinalg.testing import block_frechet, symmetric_with_spectrum
 
 from .._memory import available_memory_bytes
-from .._report import collect_metadata, format_elapsed, format_ratio, write_json
+from .._report import (
+    collect_metadata,
+    format_elapsed,
+    format_ratio,
+    ratio,
+    relative_error,
+    write_json,
+)
 from .._timing import (
     Budget,
     IsolatedRunner,
@@ -289,16 +296,6 @@ def _gradient(forward: Callable[[torch.Tensor], torch.Tensor], values: torch.Ten
     return out.detach(), grad
 
 
-def _relative_error(x: torch.Tensor, ref: torch.Tensor) -> float | None:
-    """``||x - ref|| / ||ref||`` in float64; NaN when ``x`` is not finite."""
-    ref_norm = torch.linalg.vector_norm(ref)
-    if ref_norm == 0:
-        return None
-    if not bool(torch.isfinite(x).all()):
-        return math.nan
-    return float(torch.linalg.vector_norm(x.double() - ref) / ref_norm)
-
-
 def _error_or_nan(error: float | None) -> float | str | None:
     """The error, or the string ``"NaN"`` for a non-finite result (JSON has no NaN)."""
     return "NaN" if error is not None and math.isnan(error) else error
@@ -335,7 +332,7 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
         def backward() -> torch.Tensor:
             return torch.autograd.grad(loss, param, retain_graph=True)[0]
 
-        check = _relative_error(backward(), grad.double())
+        check = relative_error(backward(), grad.double())
         if check is not None and check <= 1e-4:
             report({"bwd": measure(backward, min_run_time=spec["min_run_time"],
                                    num_threads=spec["threads"]),
@@ -353,8 +350,8 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
         else:
             report({"stage": "float64 reference"})
             ref_out, ref_grad = _gradient(difflinalg.sqrtm_psd, A64, cot64)
-            report({"out_err": _error_or_nan(_relative_error(out, ref_out)),
-                    "grad_err": _error_or_nan(_relative_error(grad, ref_grad))})
+            report({"out_err": _error_or_nan(relative_error(out, ref_out)),
+                    "grad_err": _error_or_nan(relative_error(grad, ref_grad))})
     report({"skipped": skipped, "stage": "done"})
 
 
@@ -491,7 +488,7 @@ def _paired_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None
     if (reason := budget.skip_reason(sum(seconds[m]["fwd_bwd"] for m in methods))) is None:
         for method in methods:
             backward = _call_backward((forwards[method](param) * cot).sum(), param)
-            check = _relative_error(backward(), grads[method].double())
+            check = relative_error(backward(), grads[method].double())
             if check is not None and check <= 1e-4:
                 backwards[method] = backward
             else:
@@ -575,13 +572,13 @@ def _accuracy_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], No
             row: dict[str, Any] = {
                 "spectrum": name, "dtype": dtype_name,
                 "eigenvalues": [float(x) for x in eigenvalues],
-                "oracle_vs_loewner64": _relative_error(loewner, truth),
+                "oracle_vs_loewner64": relative_error(loewner, truth),
                 "grad_err": {}, "errors": {}}
             for method in ACCURACY_METHODS:
                 try:
                     forward = _forward("sqrtm", method, n, spec["ns_iters"])
                     _, grad = _gradient(forward, A, G)
-                    row["grad_err"][method] = _error_or_nan(_relative_error(grad, truth))
+                    row["grad_err"][method] = _error_or_nan(relative_error(grad, truth))
                 except Exception as exc:  # noqa: BLE001 - a failing method is a cell, not a crash
                     row["grad_err"][method] = None
                     row["errors"][method] = f"{type(exc).__name__}: {exc}"
@@ -692,20 +689,12 @@ def _not_run_reason(method: str, b: int, n: int, ns_iters: int) -> str | None:
 
 # ----------------------------------------------------------------------------- derived
 
-def _ratio(num: float | None, den: float | None) -> float | None:
-    if num is None or den is None or not (num > 0 and den > 0):
-        return None
-    if not (math.isfinite(num) and math.isfinite(den)):
-        return None
-    return num / den
-
-
 def _paired_ratio(row: dict[str, Any], stage: str, name: str) -> float | None:
     """``t(name) / t(ours)`` of the paired stage, or None where it has none."""
     timing = ((row.get("paired") or {}).get(stage) or {}).get(name) or {}
-    ratio = timing.get("ratio_to_reference")
-    if isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0:
-        return float(ratio)
+    value = timing.get("ratio_to_reference")
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return float(value)
     return None
 
 
@@ -733,11 +722,11 @@ def _derive(row: dict[str, Any], itemsize: int) -> None:
             continue
         for stage in STAGES:
             key = f"{stage}_vs_{name}"
-            separate[key] = _ratio(median_time(methods[name], stage), median_time(ours, stage))
+            separate[key] = ratio(median_time(methods[name], stage), median_time(ours, stage))
             same = _paired_ratio(row, stage, name)
             row[f"speedup_{key}"] = same if same is not None else separate[key]
             row[f"speedup_{key}_paired"] = same is not None
-        row[f"memory_ratio_vs_{name}"] = _ratio(methods[name].get("peak_extra_bytes"),
+        row[f"memory_ratio_vs_{name}"] = ratio(methods[name].get("peak_extra_bytes"),
                                                 (ours or {}).get("peak_extra_bytes"))
     row["separate_process_speedups"] = separate
     paired = row.get("paired") or {}
