@@ -223,7 +223,8 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
     report({"skipped": skipped, "stage": "done"})
 
 
-PAIRED_MAX_CALL_S = 0.3  # methods slower than this per f+b call are left out of pairing
+PAIRED_MAX_CALL_S = 4.0  # methods slower than this per call are left out of pairing
+PAIRED_SLOW_CALL_S = 0.3  # above this, 3 interleaved rounds instead of 5
 
 
 def _paired_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
@@ -258,7 +259,8 @@ def _paired_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None
         report({"stage": f"paired {stage}"})
         report({stage: measure_interleaved(fns, reference="ours",
                                            min_run_time=spec["min_run_time"] * 2,
-                                           num_threads=spec["threads"])})
+                                           num_threads=spec["threads"],
+                                           rounds=spec["rounds"][stage])})
     report({"stage": "done"})
 
 
@@ -519,7 +521,8 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
         "Times are medians of `torch.utils.benchmark.Timer.blocked_autorange` in ms; f+b = "
         "forward+backward. Speed-up vs X = time(X) / time(ours) (> 1: ours faster), "
         "measured in one process with the methods interleaved round by round (the ratio is "
-        "the median over 5 rounds of the ratio within a round); \u2020 marks a ratio of two "
+        "the median over 5 rounds, 3 where a call takes over "
+        f"{PAIRED_SLOW_CALL_S} s, of the ratio within a round); \u2020 marks a ratio of two "
         "separate processes, for methods slower than "
         f"{PAIRED_MAX_CALL_S} s per call in that stage, where drift between processes is "
         "small next to the ratio. Absolute times come from each method's own process. "
@@ -589,6 +592,7 @@ def _run_paired(runner: IsolatedRunner, row: dict[str, Any], args: argparse.Name
     ``PAIRED_MAX_CALL_S`` in its own process (so the stage fits the time budget).
     """
     stages: dict[str, list[str]] = {}
+    rounds: dict[str, int] = {}
     left_out: dict[str, str] = {}
     ours = row["methods"].get("ours", {})
     for stage in ("fwd", "fwd_bwd"):
@@ -607,11 +611,13 @@ def _run_paired(runner: IsolatedRunner, row: dict[str, Any], args: argparse.Name
                 members.append(name)
         if len(members) > 1:
             stages[stage] = members
+            slowest = max(_median(row["methods"][m], stage) for m in members)
+            rounds[stage] = 5 if slowest <= PAIRED_SLOW_CALL_S else 3
     paired: dict[str, Any] = {"stages": stages, "left_out": left_out}
     if not stages:
         paired["error"] = "nothing to pair"
         return paired
-    spec = {"b": row["b"], "d": row["d"], "r": row["r"], "stages": stages,
+    spec = {"b": row["b"], "d": row["d"], "r": row["r"], "stages": stages, "rounds": rounds,
             "dtype": args.dtype, "threads": args.threads, "min_run_time": min_run_time,
             "scale": args.scale, "seed": args.seed}
     entry, error = runner.run(_paired_worker, spec, timeout)
