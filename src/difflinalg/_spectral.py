@@ -32,8 +32,8 @@ __all__ = ["SpectralFn", "divided_differences", "eigvec_gaps", "loewner",
 
 
 def symmetrize(a: torch.Tensor) -> torch.Tensor:
-    """(A + A^T) / 2."""
-    return (a + a.mT) * 0.5
+    """(A + A^T) / 2 (one allocation)."""
+    return (a + a.mT).mul_(0.5)
 
 
 def _pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
