@@ -338,3 +338,23 @@ def test_eigh_compute_dtype(k):
     (g64,) = torch.autograd.grad((V * torch.sign(V[..., :1, :]) * GV).sum() + L.sum(), a64)
     assert g32.dtype == f32
     torch.testing.assert_close(g32.double(), g64, rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_are_freed_without_the_garbage_collector():
+    """No reference cycle output -> autograd node -> ctx -> output."""
+    import gc
+    import weakref
+
+    A = _spd((), 6).requires_grad_()
+    ops = {"eigh": lambda a: dl.eigh(a).eigenvectors, "eigh_k": lambda a: dl.eigh(a, k=2)[1],
+           "eigvalsh": dl.eigvalsh, "sqrtm": dl.sqrtm_psd,
+           "householder": lambda a: dl.householder_product(a)}
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for name, op in ops.items():
+            ref = weakref.ref(op(A))
+            assert ref() is None, name
+    finally:
+        if enabled:
+            gc.enable()

@@ -107,7 +107,9 @@ class _Eigh(torch.autograd.Function):
         ctx.direct = output[2].shape[-1] == 0
         # saved outputs: under create_graph the direct case differentiates through this node
         ctx.save_for_backward(*(output[:2] if ctx.direct else output[2:]))
-        ctx.full_out = output[:2] if ctx.direct else output[2:]  # for jvp
+        # jvp reads them through save_for_forward: an output kept as a ctx attribute would
+        # form a reference cycle (output -> node -> ctx -> output) and outlive its use
+        ctx.save_for_forward(*(output[:2] if ctx.direct else output[2:]))
 
     @staticmethod
     def backward(ctx: Any, g_l: torch.Tensor | None, g_v: torch.Tensor | None, *_unused):
@@ -148,7 +150,7 @@ class _Eigh(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, dA: torch.Tensor, *_unused):
-        lam, v = ctx.full_out
+        lam, v = ctx.saved_tensors
         k = ctx.k
         n = lam.shape[-1]
         start = 0 if k is None else (n - k if ctx.largest else 0)
@@ -243,7 +245,7 @@ class _Eigvalsh(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(inputs[0], output[1])
-        ctx.v = output[1]
+        ctx.save_for_forward(output[1])
 
     @staticmethod
     def backward(ctx: Any, g_l: torch.Tensor | None, _g_v: Any):
@@ -256,7 +258,7 @@ class _Eigvalsh(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, dA: torch.Tensor, _unused: Any):
-        v = ctx.v
+        (v,) = ctx.saved_tensors
         dl = ((v.mT @ sp.symmetrize(dA)) * v.mT).sum(-1)
         return dl, None
 
@@ -298,7 +300,7 @@ class _MatrixFunction(torch.autograd.Function):
         ctx.fn, ctx.compute_dtype, ctx.dtype = fn, compute_dtype, A.dtype
         ctx.mark_non_differentiable(output[1], output[2])
         ctx.save_for_backward(A, output[1], output[2])
-        ctx.fwd_lv = output[1:]  # for jvp (runs right after forward; no copy)
+        ctx.save_for_forward(output[1], output[2])  # for jvp (no ctx attribute: no cycle)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor, *_unused):
@@ -316,7 +318,7 @@ class _MatrixFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, dA: torch.Tensor, *_unused):
-        lam, v = ctx.fwd_lv
+        lam, v = ctx.saved_tensors
         df, inner = sp.derivative_map(ctx.fn, lam, v, sp.symmetrize(dA.to(v.dtype)))
         extra = sp.floor_terms(ctx.fn, lam, v, inner, adjoint=False)
         if extra is not None:
