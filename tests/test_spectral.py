@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import difflinalg as dl
@@ -358,3 +360,23 @@ def test_outputs_are_freed_without_the_garbage_collector():
     finally:
         if enabled:
             gc.enable()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from([-1.0, -0.3, 0.0, 0.5, 1.0, 2.0]), min_size=1, max_size=6),
+       st.integers(0, 2**31 - 1))
+def test_expm_gradient_property_repeated_spectra(eigenvalues, seed):
+    """Any spectrum drawn from a few values (so repeats are common): the backward pairing
+    <dL/dA, E> equals <G, Df(A)[E]> of the block oracle (torch.matrix_exp, float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    lam = torch.tensor(eigenvalues, dtype=f64)
+    n = lam.shape[0]
+    A = symmetric_with_spectrum(lam, generator=gen)
+    E = torch.randn(n, n, dtype=f64, generator=gen)
+    E = (E + E.mT) / 2
+    G = torch.randn(n, n, dtype=f64, generator=gen)
+    Ag = A.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((dl.expm_sym(Ag) * G).sum(), Ag)
+    expected = (G * block_frechet(torch.matrix_exp, A, E)).sum()
+    tol = 1e-10 * n * float(G.abs().max() * E.abs().max()) * float(lam.abs().max().exp())
+    assert abs(float((grad * E).sum() - expected)) <= tol
