@@ -46,8 +46,25 @@ def _scale(lam: torch.Tensor) -> torch.Tensor:
     return lam.abs().amax(-1, keepdim=True).unsqueeze(-1).clamp_min(tiny)
 
 
+def has_clusters(lam: torch.Tensor, rtol: float) -> bool | None:
+    """Whether two neighbouring (sorted) eigenvalues are within ``rtol * max|l|``.
+
+    None where it cannot be decided for free (inside torch.func transforms, or off the CPU,
+    where it would cost a device sync). Computed once in the forward, where it is a
+    rounding error next to the eigensolve, so that the backward can skip the n x n mask.
+    """
+    if lam.device.type != "cpu" or not plain_tensor(lam):
+        return None
+    if lam.shape[-1] < 2 or lam.numel() == 0:
+        return False
+    with torch.no_grad():
+        tol = lam.abs().amax(-1, keepdim=True).mul_(rtol)
+        return bool((torch.diff(lam) <= tol).any())
+
+
 def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0,
-                cols: tuple[int, int] | None = None) -> torch.Tensor:
+                cols: tuple[int, int] | None = None,
+                clustered: bool | None = None) -> torch.Tensor:
     """D_ij = scale * (l_j - l_i), set to inf where |l_j - l_i| <= rtol * max|l| (the
     diagonal too), so that X / D is the masked X_ij / (l_j - l_i) in one division; with
     ``cols = (start, stop)`` only those columns j (n x k, for the top-k pairs).
@@ -61,22 +78,20 @@ def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0,
     start, stop = (0, lam.shape[-1]) if cols is None else cols
     li, lj = _pairs(ls)
     d = lj[..., start:stop] - li
-    # tolerance (*, 1, 1); an all-zero spectrum gets tol = 0, which still masks exact ties
-    tol = ls.abs().amax(-1, keepdim=True).unsqueeze(-1).mul_(rtol)
     inplace = inplace_ok(d)
-    if inplace and d.numel() > _FAST_PATH_NUMEL and \
-            not _any(ls[..., 1:] - ls[..., :-1] <= tol[..., 0]):
-        # sorted, no two neighbours within tol: only the diagonal is masked (no n^2 passes;
-        # below the size threshold the three passes cost less than the extra calls)
+    if clustered is None and inplace:
+        clustered = has_clusters(lam, rtol)
+    if inplace and clustered is False:
+        # sorted, no two neighbours within tol: only the diagonal is masked, no n^2 pass
         d[..., start:stop, :].diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
         return d
+    # tolerance (*, 1, 1); an all-zero spectrum gets tol = 0, which still masks exact ties
+    tol = ls.abs().amax(-1, keepdim=True).unsqueeze(-1).mul_(rtol)
     close = d.abs() <= tol
     if not inplace:
         return d.masked_fill(close, float("inf"))
     return d.masked_fill_(close, float("inf"))
 
-
-_FAST_PATH_NUMEL = 1 << 17
 
 
 def inplace_ok(*tensors: torch.Tensor) -> bool:

@@ -105,6 +105,7 @@ class _Eigh(torch.autograd.Function):
         ctx.k, ctx.largest, ctx.rtol, ctx.dtype = k, largest, rtol, A.dtype
         ctx.mark_non_differentiable(output[2], output[3])
         ctx.direct = output[2].shape[-1] == 0
+        ctx.clustered = sp.has_clusters(output[0] if ctx.direct else output[2], rtol)
         # saved outputs: under create_graph the direct case differentiates through this node
         ctx.save_for_backward(*(output[:2] if ctx.direct else output[2:]))
         # jvp reads them through save_for_forward: an output kept as a ctx attribute would
@@ -124,12 +125,14 @@ class _Eigh(torch.autograd.Function):
             # all pairs, no graph: sym(V (F o X) V^T) = V ((X - X^T) / 2D) V^T as F = 1/D is
             # antisymmetric: the result needs no symmetrising (three n x n passes in all)
             x = v.mT @ g_v.to(wd)
-            m = (x - x.mT).div_(sp.eigvec_gaps(lam, ctx.rtol, scale=2.0))
+            m = (x - x.mT).div_(sp.eigvec_gaps(lam, ctx.rtol, scale=2.0,
+                                                 clustered=ctx.clustered))
             if g_l is not None:
                 m.diagonal(dim1=-2, dim2=-1).add_(g_l.to(wd))
             return ((v @ m) @ v.mT).to(ctx.dtype), None, None, None, None
         if g_v is not None:
-            m = (v.mT @ g_v.to(wd)) / sp.eigvec_gaps(lam, ctx.rtol, cols=(start, start + k))
+            m = (v.mT @ g_v.to(wd)) / sp.eigvec_gaps(lam, ctx.rtol, cols=(start, start + k),
+                                                     clustered=ctx.clustered)
         else:
             m = torch.zeros(*lam.shape, k, dtype=wd, device=lam.device)
         if g_l is not None:
@@ -158,7 +161,8 @@ class _Eigh(torch.autograd.Function):
         vks = v[..., start:start + kk]
         e = v.mT @ sp.symmetrize(dA.to(v.dtype)) @ vks          # (n x k): V^T dA V_K
         dl = e[..., start:start + kk, :].diagonal(dim1=-2, dim2=-1)
-        dv = v @ (e / sp.eigvec_gaps(lam, ctx.rtol, cols=(start, start + kk)))
+        dv = v @ (e / sp.eigvec_gaps(lam, ctx.rtol, cols=(start, start + kk),
+                                     clustered=ctx.clustered))
         return dl.to(ctx.dtype), dv.to(ctx.dtype), None, None
 
 
