@@ -27,8 +27,8 @@ import torch
 
 from ._triangular import plain_tensor
 
-__all__ = ["SpectralFn", "divided_differences", "eigvec_gaps", "loewner",
-           "symmetrize", "named"]
+__all__ = ["SpectralFn", "derivative_map", "divided_differences", "eigvec_gaps",
+           "floor_terms", "has_clusters", "inplace_ok", "named", "symmetrize"]
 
 
 def symmetrize(a: torch.Tensor) -> torch.Tensor:
@@ -102,12 +102,6 @@ def inplace_ok(*tensors: torch.Tensor) -> bool:
 def _any(mask: torch.Tensor) -> bool:
     """mask.any() where that is free (CPU); True elsewhere (no device sync)."""
     return mask.device.type != "cpu" or bool(mask.any())
-
-
-def loewner(v: torch.Tensor, delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """V (Delta o (V^T E V)) V^T for symmetric E (the Daleckii-Krein map)."""
-    inner = v.mT @ e @ v
-    return v @ (delta * inner) @ v.mT
 
 
 def derivative_map(fn: SpectralFn, lam: torch.Tensor, v: torch.Tensor,
