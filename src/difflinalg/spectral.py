@@ -124,12 +124,20 @@ class _Eigh(torch.autograd.Function):
         if g_v is not None and ctx.k is None and sp.inplace_ok(lam, v, g_v):
             # all pairs, no graph: sym(V (F o X) V^T) = V ((X - X^T) / 2D) V^T as F = 1/D is
             # antisymmetric: the result needs no symmetrising (three n x n passes in all)
-            x = v.mT @ g_v.to(wd)
-            m = (x - x.mT).div_(sp.eigvec_gaps(lam, ctx.rtol, scale=2.0,
-                                                 clustered=ctx.clustered))
+            if g_v.dtype != wd:
+                g_v = g_v.to(wd)
+            x = torch.matmul(v.mT, g_v)
+            if ctx.clustered is False:  # only the diagonal of D is masked (see eigvec_gaps)
+                ls = lam + lam
+                d = ls.unsqueeze(-2) - ls.unsqueeze(-1)
+                d.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+            else:
+                d = sp.eigvec_gaps(lam, ctx.rtol, scale=2.0, clustered=ctx.clustered)
+            m = torch.sub(x, x.mT).div_(d)
             if g_l is not None:
-                m.diagonal(dim1=-2, dim2=-1).add_(g_l.to(wd))
-            return ((v @ m) @ v.mT).to(ctx.dtype), None, None, None, None
+                m.diagonal(dim1=-2, dim2=-1).add_(g_l if g_l.dtype == wd else g_l.to(wd))
+            ga = torch.matmul(torch.matmul(v, m), v.mT)
+            return (ga if ga.dtype == ctx.dtype else ga.to(ctx.dtype)), None, None, None, None
         if g_v is not None:
             m = (v.mT @ g_v.to(wd)) / sp.eigvec_gaps(lam, ctx.rtol, cols=(start, start + k),
                                                      clustered=ctx.clustered)
