@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import _triangular as tri
-from ._autograd import no_tf32
+from ._autograd import apply_fastest, classic_twin, no_tf32
 
 # Forward backend for the orgqr case on CPU: "auto" picks LAPACK's orgqr where it is the
 # faster one (see _use_lapack_forward), "cwy" always uses the compact-WY product here.
@@ -243,17 +243,10 @@ def _setup_context(ctx: Any, inputs: tuple) -> None:
 
 def apply(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
           n_cols: int, unit_lower: bool, transpose: bool, eps: float, k: int) -> torch.Tensor:
-    """Run the engine through the cheaper of its two autograd.Function classes.
-
-    ``Function.apply`` of a class with ``setup_context`` binds its arguments with
-    ``inspect.signature``: ~40 us per call, as much as LAPACK's whole 256 x 32 orgqr. That
-    form is needed only inside torch.func transforms (vmap, grad, jvp); elsewhere the
-    classic form with the same forward, backward and jvp is used (reverse mode, double
-    backward and forward-mode dual tensors all work with it).
-    """
-    if torch._C._are_functorch_transforms_active():
-        return HouseholderApply.apply(v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
-    return _HouseholderApplyClassic.apply(v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
+    """Run the engine through the cheaper of its two autograd.Function forms
+    (:func:`~difflinalg._autograd.apply_fastest`)."""
+    return apply_fastest(HouseholderApply, _HouseholderApplyClassic,
+                         v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
 
 
 class HouseholderApply(torch.autograd.Function):
@@ -483,19 +476,7 @@ def _build_dv(dv_in: torch.Tensor | None, v_in: torch.Tensor, k: int,
     return dv.tril(-1) if unit_lower else dv
 
 
-class _HouseholderApplyClassic(torch.autograd.Function):
-    """:class:`HouseholderApply` in the classic ``forward(ctx, ...)`` form (see :func:`apply`)."""
-
-    @staticmethod
-    def forward(ctx: Any, v_in: torch.Tensor, tau: torch.Tensor | None,
-                x: torch.Tensor | None, n_cols: int, unit_lower: bool, transpose: bool,
-                eps: float, k: int) -> torch.Tensor:
-        inputs = (v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
-        _setup_context(ctx, inputs)
-        return _forward(*inputs)
-
-    backward = HouseholderApply.backward
-    jvp = HouseholderApply.jvp
+_HouseholderApplyClassic = classic_twin(HouseholderApply)
 
 
 # ----------------------------------------------------------------------------- orgqr backward
@@ -528,30 +509,6 @@ def _lowmem_block(m: int, k: int) -> tuple[bool, int]:
     if 4 * k <= m:
         return False, k
     return True, (k if k < 512 else max(256, -(-k // 4)))
-
-
-_addmm_ = tri.addmm_into
-
-
-def _mm_lower_right_into(x: torch.Tensor, low: torch.Tensor, nb: int,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
-    """out (+)= x @ low for lower-trapezoidal low (*, n, k); nb = 0: plain product.
-
-    Column block J reads rows j0: of low only, and is written in place (no temporaries).
-    """
-    if not nb:
-        if out is None:
-            return x @ low
-        _addmm_(out, x, low)
-        return out
-    n, k = low.shape[-2], low.shape[-1]
-    if out is None:
-        batch = torch.broadcast_shapes(x.shape[:-2], low.shape[:-2])
-        out = x.new_zeros(*batch, x.shape[-2], k)
-    for j0 in range(0, k, nb):
-        j1 = min(j0 + nb, k)
-        _addmm_(out[..., :, j0:j1], x[..., :, j0:n], low[..., j0:n, j0:j1])
-    return out
 
 
 class _ReflectorMatrix:
@@ -589,11 +546,11 @@ class _ReflectorMatrix:
         for j0, j1 in self.starts():
             vd = self.diag_block(j0, j1)
             if j0:
-                _addmm_(s[..., :j0, j0:j1], a[..., j0:j1, :j0].mT, vd)
-            _addmm_(s[..., j0:j1, j0:j1], vd.mT, vd)
+                tri.addmm_into(s[..., :j0, j0:j1], a[..., j0:j1, :j0].mT, vd)
+            tri.addmm_into(s[..., j0:j1, j0:j1], vd.mT, vd)
             del vd
             if j1 < self.m:
-                _addmm_(s[..., :j1, j0:j1], a[..., j1:, :j1].mT, a[..., j1:, j0:j1])
+                tri.addmm_into(s[..., :j1, j0:j1], a[..., j1:, :j1].mT, a[..., j1:, j0:j1])
             if j0:
                 s[..., j0:j1, :j0].copy_(s[..., :j0, j0:j1].mT)
         return s
@@ -614,24 +571,24 @@ class _ReflectorMatrix:
         out = g.new_zeros(*g.shape[:-2], g.shape[-1], self.k)
         for j0, j1 in self.starts():
             col = out[..., :, j0:j1]
-            _addmm_(col, g[..., j0:j1, :].mT, self.diag_block(j0, j1))
+            tri.addmm_into(col, g[..., j0:j1, :].mT, self.diag_block(j0, j1))
             if j1 < self.m:
-                _addmm_(col, g[..., j1:, :].mT, a[..., j1:, j0:j1])
+                tri.addmm_into(col, g[..., j1:, :].mT, a[..., j1:, j0:j1])
         return out
 
     def add_v_times_(self, out: torch.Tensor, w: torch.Tensor) -> None:
         """out += V w for w (*, k, c), in place, row block by row block."""
         if not self.blocked:
-            _addmm_(out, self.full, w)
+            tri.addmm_into(out, self.full, w)
             return
         a, k, m = self.a, self.k, self.m
         for i0, i1 in self.starts():
             rows = out[..., i0:i1, :]
             if i0:
-                _addmm_(rows, a[..., i0:i1, :i0], w[..., :i0, :])
-            _addmm_(rows, self.diag_block(i0, i1), w[..., i0:i1, :])
+                tri.addmm_into(rows, a[..., i0:i1, :i0], w[..., :i0, :])
+            tri.addmm_into(rows, self.diag_block(i0, i1), w[..., i0:i1, :])
         if m > k:
-            _addmm_(out[..., k:, :], a[..., k:, :], w)
+            tri.addmm_into(out[..., k:, :], a[..., k:, :], w)
 
 
 def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: torch.Tensor,
@@ -694,12 +651,12 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
     r_bt.mul_(tau_row)                 # Z^T
     r_a.mul_(tau_col)                  # C (upper trapezoidal when unit_lower)
     snb = _structured_block(k, unit_lower)
-    w = _mm_lower_right_into(r_bt.mT, r_a.mT, snb)   # Z C^T = -W
+    w = tri.mm_lower_right_into(r_bt.mT, r_a.mT, snb)   # Z C^T = -W
     if m == n and r_bt.is_contiguous():
         gv = r_bt                      # E Z^T fills the whole of dL/dV
-        _mm_lower_right_into(g, r_a.mT, snb, out=gv)
+        tri.mm_lower_right_into(g, r_a.mT, snb, out=gv)
     else:
-        gv = _mm_lower_right_into(g, r_a.mT, snb)
+        gv = tri.mm_lower_right_into(g, r_a.mT, snb)
         gv.narrow(-2, 0, n).add_(r_bt)
     del r_a, r_bt
     gv.neg_()

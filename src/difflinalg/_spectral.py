@@ -75,15 +75,15 @@ def eigvec_gaps(lam: torch.Tensor, rtol: float, scale: float = 1.0,
     zeros, and zero derivatives, without a select.
     """
     ls = lam * scale if scale != 1.0 else lam
-    start, stop = (0, lam.shape[-1]) if cols is None else cols
     li, lj = _pairs(ls)
-    d = lj[..., start:stop] - li
+    d = lj - li if cols is None else lj[..., cols[0]:cols[1]] - li
     inplace = inplace_ok(d)
     if clustered is None and inplace:
         clustered = has_clusters(lam, rtol)
     if inplace and clustered is False:
         # sorted, no two neighbours within tol: only the diagonal is masked, no n^2 pass
-        d[..., start:stop, :].diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+        diag = d if cols is None else d[..., cols[0]:cols[1], :]
+        diag.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
         return d
     # tolerance (*, 1, 1); an all-zero spectrum gets tol = 0, which still masks exact ties
     tol = ls.abs().amax(-1, keepdim=True).unsqueeze(-1).mul_(rtol)

@@ -113,3 +113,25 @@ def addmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     flat = out.view(-1, *out.shape[-2:])
     flat.baddbmm_(a.expand(batch + a.shape[-2:]).reshape(-1, *a.shape[-2:]),
                   b.expand(batch + b.shape[-2:]).reshape(-1, *b.shape[-2:]))
+
+
+def mm_lower_right_into(x: torch.Tensor, low: torch.Tensor, nb: int,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out (+)= x @ low`` for lower-trapezoidal ``low`` (*, n, k); nb = 0: plain product.
+
+    The in-place twin of :func:`mm_lower_right`: column block J reads rows j0: of ``low``
+    and is accumulated into its slice of ``out`` (no temporaries, no cat; plain tensors only).
+    """
+    if not nb:
+        if out is None:
+            return x @ low
+        addmm_into(out, x, low)
+        return out
+    n, k = low.shape[-2], low.shape[-1]
+    if out is None:
+        batch = torch.broadcast_shapes(x.shape[:-2], low.shape[:-2])
+        out = x.new_zeros(*batch, x.shape[-2], k)
+    for j0 in _starts(k, nb):
+        j1 = min(j0 + nb, k)
+        addmm_into(out[..., :, j0:j1], x[..., :, j0:n], low[..., j0:n, j0:j1])
+    return out

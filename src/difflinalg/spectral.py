@@ -127,12 +127,7 @@ class _Eigh(torch.autograd.Function):
             if g_v.dtype != wd:
                 g_v = g_v.to(wd)
             x = torch.matmul(v.mT, g_v)
-            if ctx.clustered is False:  # only the diagonal of D is masked (see eigvec_gaps)
-                ls = lam + lam
-                d = ls.unsqueeze(-2) - ls.unsqueeze(-1)
-                d.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
-            else:
-                d = sp.eigvec_gaps(lam, ctx.rtol, scale=2.0, clustered=ctx.clustered)
+            d = sp.eigvec_gaps(lam, ctx.rtol, scale=2.0, clustered=ctx.clustered)
             m = torch.sub(x, x.mT).div_(d)
             if g_l is not None:
                 m.diagonal(dim1=-2, dim2=-1).add_(g_l if g_l.dtype == wd else g_l.to(wd))
