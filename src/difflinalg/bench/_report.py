@@ -23,6 +23,7 @@ import torch
 
 __all__ = [
     "collect_metadata",
+    "run_facts",
     "ratio",
     "relative_error",
     "why_missing",
@@ -295,3 +296,23 @@ def why_missing(entry: Mapping[str, Any] | None) -> str:
         return "n/r"
     error = entry.get("error") or ""
     return "timeout" if error.startswith("timeout") else ("error" if error else "-")
+
+
+def run_facts(metadata: Mapping[str, Any]) -> list[str]:
+    """The Markdown bullet lines every report opens with: settings, versions, machine, load."""
+    blas = metadata["blas"]
+    git = metadata.get("git") or {}
+    loads = metadata.get("load_average_at_start")
+    return [
+        f"- date: {metadata['date']}, preset: {metadata['preset']}, dtype: {metadata['dtype']},"
+        f" threads: {metadata['threads']}, min_run_time: {metadata['min_run_time']} s,"
+        f" timeout: {metadata['timeout']} s per case",
+        f"- torch {metadata['torch']}, python {metadata['python']}, difflinalg "
+        f"{metadata['difflinalg']}, git {(git.get('commit') or 'n/a')[:12]}"
+        + (" (dirty)" if git.get("dirty") else ""),
+        f"- {metadata['cpu']} ({metadata['logical_cpus']} logical CPUs, "
+        f"{metadata['cpu_capability']}), BLAS {blas['blas_info']}, LAPACK "
+        f"{blas['lapack_info']}, {blas['parallel_backend']}",
+        "- load average (1, 5, 15 min) at start: "
+        + ("n/a" if not loads else ", ".join(f"{v:.2f}" for v in loads)),
+    ]

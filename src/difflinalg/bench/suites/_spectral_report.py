@@ -19,6 +19,7 @@ from .._report import (
     format_ratio,
     format_seconds_ms,
     markdown_table,
+    run_facts,
     why_missing,
 )
 
@@ -201,10 +202,6 @@ def _failure_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _loads(values: Sequence[float] | None) -> str:
-    return "n/a" if not values else ", ".join(f"{v:.2f}" for v in values)
-
-
 def _explanation(metadata: dict[str, Any], fallback: bool) -> str:
     rounds = metadata.get("paired_rounds", 5)
     text = (
@@ -234,21 +231,7 @@ def write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, An
                    targets: list[dict[str, Any]], accuracy: dict[str, Any] | None,
                    charts: list[Path]) -> None:
     """results.md: run facts, targets, a table per task, summary, accuracy, failures."""
-    blas = metadata["blas"]
-    git = metadata.get("git") or {}
-    lines = [
-        "# spectral benchmark: eigh, top-k eigh, sqrtm_psd", "",
-        f"- date: {metadata['date']}, preset: {metadata['preset']}, dtype: {metadata['dtype']},"
-        f" threads: {metadata['threads']}, min_run_time: {metadata['min_run_time']} s,"
-        f" timeout: {metadata['timeout']} s per case",
-        f"- torch {metadata['torch']}, python {metadata['python']}, difflinalg "
-        f"{metadata['difflinalg']}, git {(git.get('commit') or 'n/a')[:12]}"
-        + (" (dirty)" if git.get("dirty") else ""),
-        f"- {metadata['cpu']} ({metadata['logical_cpus']} logical CPUs, "
-        f"{metadata['cpu_capability']}), BLAS {blas['blas_info']}, LAPACK "
-        f"{blas['lapack_info']}, {blas['parallel_backend']}",
-        f"- load average (1, 5, 15 min) at start: {_loads(metadata.get('load_average_at_start'))}",
-    ]
+    lines = ["# spectral benchmark: eigh, top-k eigh, sqrtm_psd", "", *run_facts(metadata)]
     for task in metadata["tasks"]:
         labels = ", ".join(f"`{m}` = {label}"
                            for m, label in metadata["method_labels"][task].items())

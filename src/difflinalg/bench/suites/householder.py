@@ -61,6 +61,7 @@ from .._report import (
     ratio,
     ratio_heatmaps,
     relative_error,
+    run_facts,
     why_missing,
     write_json,
 )
@@ -483,31 +484,13 @@ def _summary(rows: list[dict[str, Any]], methods: Sequence[str]) -> list[str]:
     return out
 
 
-def _loads(values: Sequence[float] | None) -> str:
-    return "n/a" if not values else ", ".join(f"{v:.2f}" for v in values)
-
-
 def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, Any]],
                     charts: list[Path]) -> None:
     methods = metadata["methods"]
-    blas = metadata["blas"]
-    git = metadata.get("git") or {}
-    lines = [
-        "# householder_product benchmark", "",
-        f"- date: {metadata['date']}, preset: {metadata['preset']}, dtype: {metadata['dtype']},"
-        f" threads: {metadata['threads']}, min_run_time: {metadata['min_run_time']} s,"
-        f" timeout: {metadata['timeout']} s per case",
-        f"- torch {metadata['torch']}, python {metadata['python']}, difflinalg "
-        f"{metadata['difflinalg']}, git {git.get('commit', 'n/a')[:12]}"
-        + (" (dirty)" if git.get("dirty") else ""),
-        f"- {metadata['cpu']} ({metadata['logical_cpus']} logical CPUs, "
-        f"{metadata['cpu_capability']}), BLAS {blas['blas_info']}, LAPACK "
-        f"{blas['lapack_info']}, {blas['parallel_backend']}",
-        f"- load average (1, 5, 15 min) at start: {_loads(metadata.get('load_average_at_start'))}"
-        f"; largest share of the CPUs used by other processes while timing: "
-        f"{format_percent(metadata.get('max_other_load'))}",
-        f"- methods: {', '.join(f'`{m}` = {LABELS[m]}' for m in methods)}",
-    ]
+    lines = ["# householder_product benchmark", "", *run_facts(metadata)]
+    lines[-1] += ("; largest share of the CPUs used by other processes while timing: "
+                  f"{format_percent(metadata.get('max_other_load'))}")
+    lines.append(f"- methods: {', '.join(f'`{m}` = {LABELS[m]}' for m in methods)}")
     for name, why in metadata.get("methods_unavailable", {}).items():
         lines.append(f"- `{name}` unavailable ({why}): its columns are absent")
     busy = [row for row in rows if (row.get("other_load") or 0) > BUSY]
