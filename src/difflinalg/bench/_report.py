@@ -24,6 +24,8 @@ import torch
 __all__ = [
     "collect_metadata",
     "run_facts",
+    "busy_warning",
+    "BUSY",
     "ratio",
     "relative_error",
     "why_missing",
@@ -316,3 +318,18 @@ def run_facts(metadata: Mapping[str, Any]) -> list[str]:
         "- load average (1, 5, 15 min) at start: "
         + ("n/a" if not loads else ", ".join(f"{v:.2f}" for v in loads)),
     ]
+
+
+BUSY = 0.1  # share of the CPUs used by other processes above which timings are flagged
+
+
+def busy_warning(rows: Sequence[Mapping[str, Any]], what: str = "configurations"
+                 ) -> list[str]:
+    """Markdown lines warning about rows timed while other processes were busy (or none)."""
+    busy = [row for row in rows if (row.get("other_load") or 0) > BUSY]
+    if not busy:
+        return []
+    worst = max(row["other_load"] for row in busy)
+    return ["", f"> **Warning:** other processes used up to {worst:.0%} of the CPUs while "
+                f"{len(busy)} of {len(rows)} {what} were timed (marked * below); those "
+                "timings are unreliable. Re-run on an idle machine."]

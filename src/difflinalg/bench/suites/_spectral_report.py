@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .._report import (
+    BUSY,
+    busy_warning,
     format_error,
     format_ratio,
     format_seconds_ms,
@@ -27,7 +29,6 @@ __all__ = ["BUSY", "DAGGER", "STAGES", "format_err", "median_time", "write_chart
            "write_markdown"]
 
 STAGES = ("fwd", "bwd", "fwd_bwd")
-BUSY = 0.1  # share of the CPUs used by other processes above which timings are flagged
 DAGGER = "\u2020"  # a speed ratio of two separate processes (the paired stage lacks it)
 
 
@@ -237,12 +238,7 @@ def write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, An
                            for m, label in metadata["method_labels"][task].items())
         lines.append(f"- {task}: {labels}")
     lines.append(f"- newton_schulz: {metadata['ns_iters']} iterations")
-    busy = [row for row in rows if (row.get("other_load") or 0) > BUSY]
-    if busy:
-        worst = max(row["other_load"] for row in busy)
-        lines += ["", f"> **Warning:** other processes used up to {worst:.0%} of the CPUs while "
-                      f"{len(busy)} of {len(rows)} rows were timed (marked * below); those "
-                      "timings are unreliable. Re-run on an idle machine."]
+    lines += busy_warning(rows, "rows")
     fallback = _has_fallback(rows)
     lines += ["", _explanation(metadata, fallback), "", "## Targets", "",
               "Speed-ups of ours from the paired stage, with the inter-quartile range of the "

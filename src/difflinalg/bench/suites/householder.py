@@ -51,6 +51,8 @@ from difflinalg.testing import orthogonality_error
 
 from .._memory import available_memory_bytes
 from .._report import (
+    BUSY,
+    busy_warning,
     collect_metadata,
     format_elapsed,
     format_error,
@@ -90,7 +92,6 @@ LABELS = {
     "matrix_exp": "torch.matrix_exp (d x d skew)",
 }
 _REFERENCE_COST = 2.5  # float64 forward+backward, in float32 forward+backward calls
-BUSY = 0.1  # share of the CPUs used by other processes above which timings are flagged
 
 
 @dataclass(frozen=True)
@@ -493,12 +494,7 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
     lines.append(f"- methods: {', '.join(f'`{m}` = {LABELS[m]}' for m in methods)}")
     for name, why in metadata.get("methods_unavailable", {}).items():
         lines.append(f"- `{name}` unavailable ({why}): its columns are absent")
-    busy = [row for row in rows if (row.get("other_load") or 0) > BUSY]
-    if busy:
-        worst = max(row["other_load"] for row in busy)
-        lines += ["", f"> **Warning:** other processes used up to {worst:.0%} of the CPUs while "
-                      f"{len(busy)} of {len(rows)} configurations were timed (marked * below);"
-                      " those timings are unreliable. Re-run on an idle machine."]
+    lines += busy_warning(rows)
     lines += [
         "",
         "Times are medians of `torch.utils.benchmark.Timer.blocked_autorange` in ms; f+b = "
