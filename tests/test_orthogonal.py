@@ -470,6 +470,32 @@ def test_lowmem_backward_matches_general_path(m, n, k, with_tau, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+# Tall reflector blocks (m >= 4k) take the straight-line _orgqr_backward_tall.
+@pytest.mark.parametrize("batch,m,n,k", [((), 12, 3, 3), ((3,), 16, 4, 4), ((), 13, 5, 3),
+                                         ((2, 1), 8, 2, 2), ((2, 1, 2), 9, 2, 2)])
+@pytest.mark.parametrize("with_tau", [True, False])
+def test_tall_backward_gradcheck_and_matches_general_path(batch, m, n, k, with_tau,
+                                                         monkeypatch):
+    calls = []
+    real = _householder._orgqr_backward_tall
+    monkeypatch.setattr(_householder, "_orgqr_backward_tall",
+                        lambda *a: calls.append(1) or real(*a))
+    A, tau = _inputs(batch, m, n, k, requires_grad=True)
+    if not with_tau:
+        A = A[..., :k].detach().requires_grad_()
+    inputs = (A, tau) if with_tau else (A,)
+    assert gradcheck(dl.householder_product, inputs)
+    assert calls, "the tall backward was not taken"
+    G = torch.randn(A.shape[:-1] + (A.shape[-1],), dtype=f64)
+    grads = []
+    for general in (False, True):
+        if general:
+            monkeypatch.setattr(_householder, "_use_lowmem_orgqr", lambda *a: False)
+        grads.append(torch.autograd.grad((dl.householder_product(*inputs) * G).sum(), inputs))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_lowmem_backward_is_taken_and_leaves_inputs_alone(monkeypatch):
     calls = []
     real = _householder._orgqr_backward_lowmem

@@ -591,10 +591,72 @@ class _ReflectorMatrix:
             tri.addmm_into(out[..., k:, :], a[..., k:, :], w)
 
 
+def _orgqr_backward_tall(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.Tensor,
+                         k: int, n: int, need_v: bool, need_tau: bool
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`_orgqr_backward_lowmem` for unit-lower reflectors with V formed whole.
+
+    Taken when V is tall (m >= 4k: every k x k temporary is at most a quarter of the
+    output). Same formulas, written as one straight line of about twenty kernels with no
+    per-block bookkeeping: at small sizes (d*r of a few thousand) the backward is bound by
+    the cost of launching kernels, not by flops, and this halves it. Works on any batch
+    shape through ``matmul`` broadcasting; more than one batch dim is flattened first.
+    """
+    if a.dim() > 3:
+        lead = a.shape[:-2]
+        grad_v, grad_tau = _orgqr_backward_tall(
+            a.reshape(-1, *a.shape[-2:]),
+            None if tau_in is None else tau_in.reshape(-1, tau_in.shape[-1]),
+            g.reshape(-1, *g.shape[-2:]), k, n, need_v, need_tau)
+        return (None if grad_v is None else grad_v.reshape(a.shape),
+                None if grad_tau is None else grad_tau.reshape(tau_in.shape))
+    wide = a.shape[-1] != k
+    v = (a.narrow(-1, 0, k) if wide else a).tril(-1)
+    v.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    s = v.mT @ v
+    # S = V^T V: its diagonal gives the exact tau = 2 / ||v_j||^2; D S (N - I) lies in the
+    # strict upper triangle and (S D)^T (N'^T - I) in the strict lower one
+    tau = s.diagonal(dim1=-2, dim2=-1).reciprocal().mul_(2.0) if tau_in is None else tau_in
+    s.mul_(tau.unsqueeze(-1))
+    r_bt = g.mT @ v                                   # R_b^T = G^T V N^{-1}
+    torch.linalg.solve_triangular(s, r_bt, upper=True, left=False, unitriangular=True,
+                                  out=r_bt)
+    r_at = v.narrow(-2, 0, n).clone()                 # R_a^T = V[:n] N'^{-T}
+    torch.linalg.solve_triangular(s, r_at, upper=False, left=False, unitriangular=True,
+                                  out=r_at)
+    grad_tau = None
+    if need_tau and tau_in is not None:
+        grad_tau = (r_bt * r_at).sum(-2).neg_()      # -diag(R_b R_a^T)
+    if not need_v:
+        return None, grad_tau
+    tau_row = tau.unsqueeze(-2)
+    r_bt.mul_(tau_row)                                # Z^T
+    r_at.mul_(tau_row)                                # C^T
+    w = r_bt.mT @ r_at                                # Z C^T
+    gv = g @ r_at                                     # G C^T + E Z^T
+    gv.narrow(-2, 0, n).add_(r_bt)
+    upper = w.triu(1)                                 # w_sym = striu(w) + striu(w)^T + diag(w)
+    w.triu_().add_(upper.mT)
+    if tau_in is not None:
+        w.diagonal(dim1=-2, dim2=-1).zero_()
+    if gv.dim() == 2:
+        gv.addmm_(v, w, beta=-1.0)                    # dL/dV = V w_sym - (G C^T + E Z^T)
+    else:
+        gv.baddbmm_(v, w, beta=-1.0)
+    gv.narrow(-2, 0, k).tril_(-1)                     # only the strictly lower part is read
+    if wide:
+        out = gv.new_zeros(a.shape)
+        out.narrow(-1, 0, k).copy_(gv)
+        gv = out
+    return gv, grad_tau
+
+
 def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: torch.Tensor,
                            k: int, n: int, unit_lower: bool, eps: float, need_v: bool,
                            need_tau: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(dL/dv_in, dL/dtau) for Y = Q E; same formulas as HouseholderApply.backward."""
+    if unit_lower and 4 * k <= v_in.shape[-2] and not _lowmem_block(v_in.shape[-2], k)[0]:
+        return _orgqr_backward_tall(v_in, tau_in, g, k, n, need_v, need_tau)
     batch = v_in.shape[:-2]
     if len(batch) > 1 or (batch and batch[0] == 1):
         # one batch dim at most, none for a single matrix: fewer views per op, mm not bmm
