@@ -603,7 +603,6 @@ def _orgqr_backward_tall(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.
     shape through ``matmul`` broadcasting; more than one batch dim is flattened first.
     """
     if a.dim() > 3:
-        lead = a.shape[:-2]
         grad_v, grad_tau = _orgqr_backward_tall(
             a.reshape(-1, *a.shape[-2:]),
             None if tau_in is None else tau_in.reshape(-1, tau_in.shape[-1]),
