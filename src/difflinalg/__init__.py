@@ -16,6 +16,7 @@ from .spectral import (
     powm_psd,
     sqrtm_psd,
 )
+from .sqrtm import SqrtmInfo, SqrtmResult, inv_sqrtm, sqrtm
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,10 @@ __all__ = [
     "powm_psd",
     "logm_spd",
     "expm_sym",
+    "sqrtm",
+    "inv_sqrtm",
+    "SqrtmResult",
+    "SqrtmInfo",
     "DiffLinalgError",
     "ShapeError",
     "DTypeError",

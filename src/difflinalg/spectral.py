@@ -380,7 +380,7 @@ def _psd_checked(op: str, A: torch.Tensor, eps: float | None, check: bool,
                  compute_dtype: torch.dtype | None) -> float:
     _check_square(op, A, compute_dtype, check)
     dtype = compute_dtype or A.dtype
-    e = float(A.shape[-1] * torch.finfo(dtype).eps) if eps is None else float(eps)
+    e = float(max(A.shape[-1], 1) * torch.finfo(dtype).eps) if eps is None else float(eps)
     if not e > 0:
         raise ShapeError(f"{op}: expected eps > 0, but got eps={eps!r}")
     if check and A.numel():
