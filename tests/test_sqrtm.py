@@ -146,11 +146,19 @@ def test_auto_falls_back_to_eigen_engine(monkeypatch):
 
 def test_auto_policy():
     easy = _spd((4,), 32, 3.0)
-    hard = _spd((4,), 32, 1e4)
+    medium = _spd((4,), 32, 1e2)
+    hard = _spd((4,), 32, 1e6)
     assert sqrtm_module._auto_method(easy)[0] == "newton_schulz"
-    assert sqrtm_module._auto_method(hard)[0] == "eigh"
-    assert dl.sqrtm(easy, return_info=True).info.method == "newton_schulz"
-    assert dl.sqrtm(hard, return_info=True).info.method == "eigh"
+    assert sqrtm_module._auto_method(medium)[0] == "eigh"
+    assert sqrtm_module._auto_method(hard)[0] == "denman_beavers"
+    for A, label in ((easy, "newton_schulz"), (medium, "eigh"), (hard, "denman_beavers")):
+        assert dl.sqrtm(A, return_info=True).info.method == label
+
+
+def test_auto_float32_accuracy_at_cond_1e6():
+    A = _spd((4,), 64, 1e6, dtype=f32)
+    s_ref, _ = _ref(A)
+    assert _rel(dl.sqrtm(A), s_ref) < 3e-5
 
 
 def test_rank_deficient_input_stays_finite_with_auto():

@@ -145,8 +145,10 @@ def _step(method: str, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor, eye: t
                     + lz.diagonal(dim1=-2, dim2=-1).log().sum(-1))
     mu = torch.exp(-logdet / (2.0 * n))
     mu = torch.where(res > _ASYMPTOTIC, mu, torch.ones_like(mu))[:, None, None]
-    y_new = 0.5 * (mu * y + torch.cholesky_inverse(lz) / mu)
-    z_new = 0.5 * (mu * z + torch.cholesky_inverse(ly) / mu)
+    # cholesky_solve, not cholesky_inverse: a matrix that is not numerically SPD gives
+    # non-finite iterates (reported as not converged) instead of an exception
+    y_new = 0.5 * (mu * y + torch.cholesky_solve(eye.expand_as(z), lz) / mu)
+    z_new = 0.5 * (mu * z + torch.cholesky_solve(eye.expand_as(y), ly) / mu)
     return _sym_(y_new), _sym_(z_new)
 
 

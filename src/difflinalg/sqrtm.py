@@ -8,13 +8,15 @@ symmetric positive definite matrices ``(*, n, n)`` by one of
   with per-matrix spectral scaling, a per-matrix convergence test and a Lyapunov backward
   that does not differentiate through the loop (memory independent of the iteration
   count), see :mod:`difflinalg._sqrtm`;
-* ``"auto"``: Newton-Schulz for well-conditioned batches (a cheap condition estimate below
-  10 on CPU, 100 elsewhere), else the eigen engine on CPU and Pade elsewhere; any matrix
-  whose iteration does not converge is recomputed by the eigen engine.
+* ``"auto"``: from a cheap condition estimate: Newton-Schulz for well-conditioned batches
+  (estimate below 10 on CPU, 100 elsewhere); on CPU the eigen engine up to 100 and
+  Denman-Beavers beyond (more accurate than a float32 eigensolver there); Pade on other
+  devices; any matrix whose iteration does not converge is recomputed by the eigen engine.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import NamedTuple
 
@@ -82,6 +84,7 @@ def _check(op: str, A: torch.Tensor, method: str, backward: str, max_iter: int |
 # like log(cond)/log(2.25)); beyond it the eigen engine on CPU, Pade (cubic) elsewhere
 # (of condition_estimate, which underestimates: 10 ~ true cond 10-20, 100 ~ true cond 1e3+)
 _NS_MAX_COND = {"cpu": 10.0, "other": 100.0}
+_EIGH_MAX_COND = 100.0  # CPU: the eigen engine up to here, Denman-Beavers beyond
 
 
 def _auto_method(a: torch.Tensor) -> tuple[str, torch.Tensor | None]:
@@ -100,10 +103,17 @@ def _auto_method(a: torch.Tensor) -> tuple[str, torch.Tensor | None]:
         return "eigh", None
     scale = engine.spectral_scale(flat)
     cond = float(engine.condition_estimate(flat, scale).max())
+    if not math.isfinite(cond):
+        return "eigh", scale  # singular or indefinite as far as the estimate can tell
     device = "cpu" if a.device.type == "cpu" else "other"
     if cond <= _NS_MAX_COND[device]:
         return "newton_schulz", scale
-    return ("eigh" if device == "cpu" else "pade"), scale
+    if device == "cpu" and cond <= _EIGH_MAX_COND:
+        return "eigh", scale
+    # ill-conditioned: a float32 eigensolver resolves small eigenvalues only to
+    # eps * lambda_max (root error 1e-4 at cond 1e6); the scaled Denman-Beavers iteration
+    # stays at ~1e-5 (see the sqrtm benchmark's error-versus-condition table)
+    return ("denman_beavers" if device == "cpu" else "pade"), scale
 
 
 def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float | None,
@@ -117,7 +127,9 @@ def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float
     else:
         chosen, scale = _auto_method(a) if method == "auto" else (method, None)
     if chosen == "eigh":
-        s = sqrtm_psd(a) if want_sqrt else None
+        # the root is continuous at 0: clamp eigenvalues at eps^2 * lambda_max only (the
+        # default n * eps of sqrtm_psd would cost 1e-3 of accuracy at cond 1e6 in float32)
+        s = sqrtm_psd(a, eps=torch.finfo(A.dtype).eps ** 2) if want_sqrt else None
         r = inv_sqrtm_psd(a) if want_inv else None
         ones = torch.ones(batch, dtype=torch.bool, device=A.device)
         info = SqrtmInfo(torch.zeros(batch, dtype=torch.long, device=A.device), ones,

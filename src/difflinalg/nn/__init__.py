@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .orthogonal import HouseholderOrthogonal, orthogonal
+from .pooling import CovariancePooling
 
-__all__ = ["orthogonal", "HouseholderOrthogonal"]
+__all__ = ["orthogonal", "HouseholderOrthogonal", "CovariancePooling"]
