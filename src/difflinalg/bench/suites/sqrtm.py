@@ -288,6 +288,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-run-time", type=positive_float, metavar="SECONDS")
     parser.add_argument("--no-accuracy", action="store_true",
                         help="skip the error-versus-condition sweep")
+    parser.add_argument("--accuracy-n", type=positive_int, default=64, metavar="N",
+                        help="matrix size of the error-versus-condition sweep. Default: 64")
+    parser.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                        help="limit per configuration process. Default: the preset's ("
+                             + ", ".join(f"{k} {v['timeout']:g}" for k, v in PRESETS.items())
+                             + ")")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -296,11 +302,12 @@ def run(args: argparse.Namespace) -> int:
     configs = (tuple((b, n) for b in args.batch for n in args.n)
                if args.batch and args.n else preset["configs"])
     min_run_time = args.min_run_time or preset["min_run_time"]
+    timeout = args.timeout or preset["timeout"]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = collect_metadata({
         "suite": NAME, "preset": args.preset, "dtype": args.dtype, "threads": args.threads,
-        "timeout": preset["timeout"], "min_run_time": min_run_time, "seed": args.seed,
+        "timeout": timeout, "min_run_time": min_run_time, "seed": args.seed,
         "methods": list(METHODS), "rounds": preset["rounds"]})
     runner = IsolatedRunner(preload=["torch", "difflinalg", __name__])
     rows: list[dict[str, Any]] = []
@@ -312,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
         spec = {"b": b, "n": n, "dtype": args.dtype, "threads": args.threads,
                 "seed": args.seed, "methods": list(METHODS), "min_run_time": min_run_time,
                 "rounds": preset["rounds"]}
-        result, error = runner.run(_config_worker, spec, preset["timeout"])
+        result, error = runner.run(_config_worker, spec, timeout)
         result.pop("stage", None)
         row = {"b": b, "n": n, **result}
         if error:
@@ -327,10 +334,11 @@ def run(args: argparse.Namespace) -> int:
         write_json(json_path, {"metadata": metadata, "results": rows, "accuracy": accuracy})
     if not args.no_accuracy:
         print("accuracy sweep over condition numbers ...", end="", file=sys.stderr, flush=True)
-        spec = {"n": 64, "batch": 8, "conds": list(preset["conds"]), "dtype": args.dtype,
-                "threads": args.threads, "seed": args.seed, "methods": list(METHODS)}
-        result, error = runner.run(_accuracy_worker, spec, preset["timeout"])
-        accuracy = {"n": 64, "batch": 8, "dtype": args.dtype, "methods": list(METHODS),
+        spec = {"n": args.accuracy_n, "batch": 8, "conds": list(preset["conds"]),
+                "dtype": args.dtype, "threads": args.threads, "seed": args.seed,
+                "methods": list(METHODS)}
+        result, error = runner.run(_accuracy_worker, spec, timeout)
+        accuracy = {"n": args.accuracy_n, "batch": 8, "dtype": args.dtype, "methods": list(METHODS),
                     "rows": result.get("rows", [])}
         if error:
             accuracy["error"] = error
