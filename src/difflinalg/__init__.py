@@ -16,6 +16,7 @@ from .spectral import (
     powm_psd,
     sqrtm_psd,
 )
+from .lyapunov import solve_lyapunov, solve_sylvester
 from .sqrtm import SqrtmInfo, SqrtmResult, inv_sqrtm, sqrtm
 
 __version__ = "0.1.0"
@@ -37,6 +38,8 @@ __all__ = [
     "inv_sqrtm",
     "SqrtmResult",
     "SqrtmInfo",
+    "solve_lyapunov",
+    "solve_sylvester",
     "DiffLinalgError",
     "ShapeError",
     "DTypeError",
