@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import nn, testing
 from ._errors import DiffLinalgError, DTypeError, ShapeError
+from .lyapunov import solve_lyapunov, solve_sylvester
 from .orthogonal import householder_apply, householder_orgqr, householder_product
 from .spectral import (
     EighResult,
@@ -16,7 +17,6 @@ from .spectral import (
     powm_psd,
     sqrtm_psd,
 )
-from .lyapunov import solve_lyapunov, solve_sylvester
 from .sqrtm import SqrtmInfo, SqrtmResult, inv_sqrtm, sqrtm
 
 __version__ = "0.1.0"
