@@ -254,13 +254,16 @@ class SqrtmIter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, method: str, max_iter: int, tol: float,
-                backward: str, bwd_max_iter: int, scale: torch.Tensor | None
+                backward: str, bwd_max_iter: int, scale: torch.Tensor | None, save: str
                 ) -> tuple[torch.Tensor, ...]:
         with no_tf32(a):
             y, z, iters, conv, res, c = iterate(a, method, max_iter, tol, scale)
-        ctx.save_for_backward(y, z, c)
+        # save only the root(s) whose gradient can arrive: one n x n matrix per matrix for
+        # sqrtm or inv_sqrtm alone (the backward works from either), two for both
+        ctx.save_for_backward(y if save != "inv" else None, z if save != "sqrt" else None, c)
         ctx.tol, ctx.backward_method, ctx.bwd_max_iter = tol, backward, bwd_max_iter
         ctx.mark_non_differentiable(iters, conv, res)
+        ctx.set_materialize_grads(False)  # an unused root's gradient stays None
         return y, z, iters, conv, res
 
     # Backward. dS S + S dS = dA for S = A^(1/2); with R = S^(-1), dR = -R dS R. For a loss
@@ -268,19 +271,27 @@ class SqrtmIter(torch.autograd.Function):
     # the adjoint of dA -> dS (the inverse Lyapunov operator, self-adjoint for symmetric S)
     # gives Abar = X with S X + X S = sym(C). Only the symmetric part of C matters because
     # A is symmetric (the public function symmetrised it). No loop is differentiated.
+    # With R alone saved (inv_sqrtm), multiply the equation by R on both sides:
+    # R (S X + X S) R = X R + R X, so X solves R X + X R = R C R = -R^2 G_R R^2.
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g_s: torch.Tensor | None, g_r: torch.Tensor | None, *_: Any):
         s, r, c = ctx.saved_tensors
         if g_s is None and g_r is None:
-            return (None,) * 7
-        with no_tf32(s):
-            rhs = torch.zeros_like(s) if g_s is None else g_s.clone()
-            if g_r is not None:
-                rhs -= r @ g_r @ r
+            return (None,) * 8
+        with no_tf32(c):
+            if s is not None:
+                rhs = torch.zeros_like(s) if g_s is None else g_s.clone()
+                if g_r is not None:
+                    rhs -= r @ g_r @ r
+                root, bound = s, c.sqrt()
+            else:
+                r2 = r @ r
+                rhs = -(r2 @ g_r @ r2)
+                root, bound = r, spectral_scale(r)
             rhs = _sym_(rhs)
             if ctx.backward_method == "eigh":
-                x = lyapunov_eigh(s, rhs)
+                x = lyapunov_eigh(root, rhs)
             else:
-                x = lyapunov_sign(s, rhs, c.sqrt(), ctx.bwd_max_iter, ctx.tol)
-        return x, None, None, None, None, None, None
+                x = lyapunov_sign(root, rhs, bound, ctx.bwd_max_iter, ctx.tol)
+        return x, None, None, None, None, None, None, None

@@ -8,10 +8,11 @@ symmetric positive definite matrices ``(*, n, n)`` by one of
   with per-matrix spectral scaling, a per-matrix convergence test and a Lyapunov backward
   that does not differentiate through the loop (memory independent of the iteration
   count), see :mod:`difflinalg._sqrtm`;
-* ``"auto"``: from a cheap condition estimate: Newton-Schulz for well-conditioned batches
-  (estimate below 10 on CPU, 100 elsewhere); on CPU the eigen engine up to 100 and
-  Denman-Beavers beyond (more accurate than a float32 eigensolver there); Pade on other
-  devices; any matrix whose iteration does not converge is recomputed by the eigen engine.
+* ``"auto"``: on CPU the eigen engine (fastest there at every size measured), with the
+  matrices whose computed condition number exceeds ``1e-3 / eps`` (8e3 in float32)
+  recomputed by Denman-Beavers, which is more accurate there; on other devices a
+  matrix-vector-only condition estimate picks Newton-Schulz (well-conditioned) or Pade, and
+  any matrix whose iteration does not converge is recomputed by the eigen engine.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import NamedTuple
 
 import torch
 
+from . import _spectral as sp
 from . import _sqrtm as engine
+from ._autograd import apply_fastest
 from ._checks import check_choice, check_finite, check_min_dim, check_real_floating, check_tensor
 from ._errors import ShapeError, describe
-from .spectral import inv_sqrtm_psd, sqrtm_psd
+from .spectral import _MatrixFunction, _MatrixFunctionClassic
 
 __all__ = ["sqrtm", "inv_sqrtm", "SqrtmResult", "SqrtmInfo", "METHODS"]
 
@@ -80,40 +83,65 @@ def _check(op: str, A: torch.Tensor, method: str, backward: str, max_iter: int |
                              f"{describe('A', A)} on which Cholesky fails")
 
 
-# "auto": Newton-Schulz while the condition estimate is below this (its iteration count grows
-# like log(cond)/log(2.25)); beyond it the eigen engine on CPU, Pade (cubic) elsewhere
-# (of condition_estimate, which underestimates: 10 ~ true cond 10-20, 100 ~ true cond 1e3+)
-_NS_MAX_COND = {"cpu": 10.0, "other": 100.0}
-_EIGH_MAX_COND = 100.0  # CPU: the eigen engine up to here, Denman-Beavers beyond
+# "auto" off CPU: Newton-Schulz while condition_estimate (an underestimate: 100 ~ true cond
+# 1e3+) is below this, Pade (cubic) beyond
+_NS_MAX_COND = 100.0
 
 
-def _auto_method(a: torch.Tensor) -> tuple[str, torch.Tensor | None]:
+def _auto_method(a: torch.Tensor, device_type: str | None = None
+                 ) -> tuple[str, torch.Tensor | None]:
     """Pick the engine from device, size and a cheap conditioning estimate.
 
-    Measured on CPU (2 threads, float32, batch 128 x 64 x 64, Lin & Maji's covariances,
-    cond ~ 2): Newton-Schulz with the sign-iteration backward 36 ms f+b against 43 ms for
-    the eigen route; at larger condition numbers the iteration count (forward and backward)
-    grows and LAPACK's eigensolver wins, so the CPU switches early (estimate > 10). On GPUs
-    GEMMs are cheap and batched eigensolvers slow: Newton-Schulz up to an estimate of 100,
-    then Pade (not measured here: no GPU).
+    CPU: the eigen engine. Measured (2 threads, float32, quiet machine), it is the fastest
+    forward+backward at every size of the benchmark, Lin & Maji's 128 x 64 included (29 ms
+    against 31 ms for Newton-Schulz with the sign-iteration backward and 75 ms for 10
+    Newton-Schulz steps with autograd). Its accuracy is checked afterwards from the
+    eigenvalues it computed, at no cost (see :func:`_run`).
+    Other devices: GEMMs are cheap there and batched eigensolvers slow, so Newton-Schulz for
+    well-conditioned batches and Pade beyond, picked by a matrix-vector-only estimate
+    (not measured here: no GPU on our machines).
     """
     n = a.shape[-1]
-    flat = a.detach().reshape(-1, n, n)
-    if flat.shape[0] == 0 or n > 2048:
+    if (device_type or a.device.type) == "cpu" or n > 2048:
         return "eigh", None
+    flat = a.detach().reshape(-1, n, n)
     scale = engine.spectral_scale(flat)
     cond = float(engine.condition_estimate(flat, scale).max())
     if not math.isfinite(cond):
-        return "eigh", scale  # singular or indefinite as far as the estimate can tell
-    device = "cpu" if a.device.type == "cpu" else "other"
-    if cond <= _NS_MAX_COND[device]:
-        return "newton_schulz", scale
-    if device == "cpu" and cond <= _EIGH_MAX_COND:
-        return "eigh", scale
-    # ill-conditioned: a float32 eigensolver resolves small eigenvalues only to
-    # eps * lambda_max (root error 1e-4 at cond 1e6); the scaled Denman-Beavers iteration
-    # stays at ~1e-5 (see the sqrtm benchmark's error-versus-condition table)
-    return ("denman_beavers" if device == "cpu" else "pade"), scale
+        return "eigh", None  # singular or indefinite as far as the estimate can tell
+    return ("newton_schulz" if cond <= _NS_MAX_COND else "pade"), scale
+
+
+def _eigen_engine(a: torch.Tensor, want_sqrt: bool, want_inv: bool
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """Roots by the Loewner-differentiated eigen engine, and the eigenvalues it used.
+
+    The root is continuous at 0, so its clamp is ``eps^2 * lambda_max`` (``sqrtm_psd``'s
+    default ``n * eps`` costs 1e-3 of accuracy at cond 1e6 in float32); the inverse root
+    keeps ``sqrtm_psd``'s policy (see :func:`difflinalg.inv_sqrtm_psd`).
+    """
+    s = r = lam = None
+    if a.numel() == 0:
+        empty = a * 0.0  # keeps the graph (zero gradients) for empty batches or n = 0
+        return (empty if want_sqrt else None), (empty if want_inv else None), a.sum(-1)
+    eps = torch.finfo(a.dtype).eps
+    if want_sqrt:
+        s, lam, _ = apply_fastest(_MatrixFunction, _MatrixFunctionClassic, a,
+                                  sp.named("sqrt", eps=eps * eps), None)
+    if want_inv:
+        r, lam, _ = apply_fastest(_MatrixFunction, _MatrixFunctionClassic, a,
+                                  sp.named("inv_sqrt", eps=max(a.shape[-1], 1) * eps), None)
+    return s, r, lam
+
+
+def _replace(x: torch.Tensor | None, idx: torch.Tensor, value: torch.Tensor | None
+             ) -> torch.Tensor | None:
+    """x with x[idx] = value, differentiably (x untouched)."""
+    if x is None or value is None:
+        return x
+    x = x.clone()
+    x[idx] = value
+    return x
 
 
 def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float | None,
@@ -121,46 +149,72 @@ def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float
     _check(op, A, method, backward, max_iter, tol, check)
     n = A.shape[-1]
     batch = A.shape[:-2]
-    a = (A + A.mT) * 0.5
+    bsz = math.prod(batch)
+    flat = ((A + A.mT) * 0.5).reshape(bsz, n, n)
     if A.numel() == 0:
         chosen, scale = "eigh", None
     else:
-        chosen, scale = _auto_method(a) if method == "auto" else (method, None)
+        chosen, scale = _auto_method(flat) if method == "auto" else (method, None)
     if chosen == "eigh":
-        # the root is continuous at 0: clamp eigenvalues at eps^2 * lambda_max only (the
-        # default n * eps of sqrtm_psd would cost 1e-3 of accuracy at cond 1e6 in float32)
-        s = sqrtm_psd(a, eps=torch.finfo(A.dtype).eps ** 2) if want_sqrt else None
-        r = inv_sqrtm_psd(a) if want_inv else None
-        ones = torch.ones(batch, dtype=torch.bool, device=A.device)
-        info = SqrtmInfo(torch.zeros(batch, dtype=torch.long, device=A.device), ones,
-                         torch.zeros(batch, dtype=A.dtype, device=A.device), "eigh")
-        return SqrtmResult(s, r, info)
-    tol_ = float(tol) if tol is not None else engine.default_tol(n, A.dtype)
-    iters = max_iter if max_iter is not None else engine.default_max_iter(chosen)
-    bwd = "eigh" if backward == "eigh" else "iterative"
-    flat = a.reshape(-1, n, n)
-    s, r, used, conv, res = engine.SqrtmIter.apply(flat, chosen, iters, tol_, bwd,
-                                                   max(iters, 60), scale)
-    label = chosen
-    if not bool(conv.all()):
-        bad = (~conv).nonzero().squeeze(-1)
-        if method == "auto":
-            # recompute the matrices that did not converge with the eigen engine
-            s, r = s.clone(), r.clone()
-            sub = flat[bad]
-            s[bad] = sqrtm_psd(sub)
-            r[bad] = inv_sqrtm_psd(sub)
-            label = f"{chosen}+eigh"
-        else:
-            warnings.warn(
-                f"{op}: method={chosen!r} did not converge for {bad.numel()} of "
-                f"{conv.numel()} matrices within max_iter={iters} (largest residual "
-                f"{float(res.max()):.3g}, tol={tol_:.3g}); the result is the last iterate. "
-                "Raise max_iter, use method='eigh', or pass check=True to reject "
-                "non-SPD input", RuntimeWarning, stacklevel=3)
+        s, r, lam = _eigen_engine(flat, want_sqrt, want_inv)
+        used = torch.zeros(bsz, dtype=torch.long, device=A.device)
+        conv = torch.ones(bsz, dtype=torch.bool, device=A.device)
+        res = torch.zeros(bsz, dtype=A.dtype, device=A.device)
+        label = "eigh"
+        if method == "auto" and bsz and n > 1:
+            # the eigensolver resolves eigenvalues to ~eps * lambda_max: beyond cond
+            # 1e-3 / eps (8e3 in float32) the root loses more than ~1e-5; those matrices are
+            # recomputed by Denman-Beavers, which keeps ~1e-5 up to cond 1e6
+            cond = lam[..., -1] / lam[..., 0].clamp_min(torch.finfo(lam.dtype).tiny)
+            hard = (cond > 1e-3 / torch.finfo(A.dtype).eps) & (lam[..., 0] > 0)
+            if bool(hard.any()):
+                idx = hard.nonzero().squeeze(-1)
+                sub = _iterative(flat[idx], "denman_beavers", max_iter, tol, backward,
+                                 want_sqrt, want_inv, None)
+                ok = sub[3]
+                idx, keep = idx[ok], ok.nonzero().squeeze(-1)
+                s = _replace(s, idx, None if sub[0] is None else sub[0][keep])
+                r = _replace(r, idx, None if sub[1] is None else sub[1][keep])
+                used, res = used.clone(), res.clone()
+                used[idx], res[idx] = sub[2][keep], sub[4][keep]
+                label = "eigh+denman_beavers"
+    else:
+        s, r, used, conv, res = _iterative(flat, chosen, max_iter, tol, backward, want_sqrt,
+                                           want_inv, scale)
+        label = chosen
+        if not bool(conv.all()):
+            bad = (~conv).nonzero().squeeze(-1)
+            if method == "auto":
+                # recompute the matrices that did not converge with the eigen engine
+                es, er, _ = _eigen_engine(flat[bad], want_sqrt, want_inv)
+                s, r = _replace(s, bad, es), _replace(r, bad, er)
+                label = f"{chosen}+eigh"
+            else:
+                iters = max_iter if max_iter is not None else engine.default_max_iter(chosen)
+                tol_ = float(tol) if tol is not None else engine.default_tol(n, A.dtype)
+                warnings.warn(
+                    f"{op}: method={chosen!r} did not converge for {bad.numel()} of "
+                    f"{conv.numel()} matrices within max_iter={iters} (largest residual "
+                    f"{float(res.max()):.3g}, tol={tol_:.3g}); the result is the last "
+                    "iterate. Raise max_iter, use method='eigh', or pass check=True to "
+                    "reject non-SPD input", RuntimeWarning, stacklevel=3)
     info = SqrtmInfo(used.reshape(batch), conv.reshape(batch), res.reshape(batch), label)
-    return SqrtmResult(s.reshape(A.shape) if want_sqrt else None,
-                       r.reshape(A.shape) if want_inv else None, info)
+    return SqrtmResult(None if s is None else s.reshape(A.shape),
+                       None if r is None else r.reshape(A.shape), info)
+
+
+def _iterative(flat: torch.Tensor, method: str, max_iter: int | None, tol: float | None,
+               backward: str, want_sqrt: bool, want_inv: bool, scale: torch.Tensor | None
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor,
+                          torch.Tensor]:
+    n = flat.shape[-1]
+    tol_ = float(tol) if tol is not None else engine.default_tol(n, flat.dtype)
+    iters = max_iter if max_iter is not None else engine.default_max_iter(method)
+    bwd = "eigh" if backward == "eigh" else "iterative"
+    save = "both" if (want_sqrt and want_inv) else ("sqrt" if want_sqrt else "inv")
+    s, r, used, conv, res = engine.SqrtmIter.apply(flat, method, iters, tol_, bwd,
+                                                   max(iters, 60), scale, save)
+    return (s if want_sqrt else None), (r if want_inv else None), used, conv, res
 
 
 _COMMON = r"""
