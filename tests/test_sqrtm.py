@@ -153,7 +153,10 @@ def test_auto_policy_off_cpu():
     assert sqrtm_module._auto_method(hard, "cuda")[0] == "pade"
     X = torch.randn(4, 32, 8, dtype=f64)
     assert sqrtm_module._auto_method(X @ X.mT, "cuda")[0] != "newton_schulz"  # singular
-    assert sqrtm_module._auto_method(easy)[0] == "eigh"  # CPU
+    # CPU: small and well-conditioned iterates, anything else goes to the eigen engine
+    assert sqrtm_module._auto_method(easy)[0] == "newton_schulz"
+    assert sqrtm_module._auto_method(hard)[0] == "eigh"
+    assert sqrtm_module._auto_method(_spd((4,), 64, 3.0))[0] == "eigh"
 
 
 @pytest.mark.parametrize("cond,label", [(10.0, "eigh"), (1e6, "eigh+denman_beavers")])

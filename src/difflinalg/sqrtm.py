@@ -8,9 +8,10 @@ symmetric positive definite matrices ``(*, n, n)`` by one of
   with per-matrix spectral scaling, a per-matrix convergence test and a Lyapunov backward
   that does not differentiate through the loop (memory independent of the iteration
   count), see :mod:`difflinalg._sqrtm`;
-* ``"auto"``: on CPU the eigen engine (fastest there at every size measured), with the
-  matrices whose computed condition number exceeds ``1e-3 / eps`` (8e3 in float32)
-  recomputed by Denman-Beavers, which is more accurate there; on other devices a
+* ``"auto"``: on CPU the eigen engine (fastest there from n = 64 on; Newton-Schulz for
+  small well-conditioned matrices), with the matrices whose computed condition number
+  exceeds ``1e-3 / eps`` (8e3 in float32) recomputed by Denman-Beavers, which is more
+  accurate there; on other devices a
   matrix-vector-only condition estimate picks Newton-Schulz (well-conditioned) or Pade, and
   any matrix whose iteration does not converge is recomputed by the eigen engine.
 """
@@ -86,29 +87,38 @@ def _check(op: str, A: torch.Tensor, method: str, backward: str, max_iter: int |
 # "auto" off CPU: Newton-Schulz while condition_estimate (an underestimate: 100 ~ true cond
 # 1e3+) is below this, Pade (cubic) beyond
 _NS_MAX_COND = 100.0
+# on CPU, Newton-Schulz only for small, well-conditioned matrices (128 x 32 x 32: 0.55x the
+# eigen route's time; at n = 64 the two trade places from run to run, at 128 it is 1.35x)
+_CPU_NS_MAX_N = 32
+_CPU_NS_MAX_COND = 10.0
 
 
 def _auto_method(a: torch.Tensor, device_type: str | None = None
                  ) -> tuple[str, torch.Tensor | None]:
     """Pick the engine from device, size and a cheap conditioning estimate.
 
-    CPU: the eigen engine. Measured (2 threads, float32, quiet machine), it is the fastest
-    forward+backward at every size of the benchmark, Lin & Maji's 128 x 64 included (29 ms
-    against 31 ms for Newton-Schulz with the sign-iteration backward and 75 ms for 10
-    Newton-Schulz steps with autograd). Its accuracy is checked afterwards from the
-    eigenvalues it computed, at no cost (see :func:`_run`).
+    CPU: the eigen engine from n = 33 on. Measured (2 threads, float32, batches of Lin &
+    Maji's covariances, forward+backward, interleaved): Newton-Schulz with the sign-iteration
+    backward is 0.55x the eigen route's time at 128 x 32 x 32, between 0.8x and 1.1x of it
+    at 128 x 64 x 64 from run to run, 1.35x at 32 x 128 x 128. Small well-conditioned
+    batches (estimate <= 10) iterate; the eigen route's accuracy is checked afterwards from
+    the eigenvalues it computed, at no cost (see :func:`_run`).
     Other devices: GEMMs are cheap there and batched eigensolvers slow, so Newton-Schulz for
     well-conditioned batches and Pade beyond, picked by a matrix-vector-only estimate
     (not measured here: no GPU on our machines).
     """
     n = a.shape[-1]
-    if (device_type or a.device.type) == "cpu" or n > 2048:
+    cpu = (device_type or a.device.type) == "cpu"
+    if (cpu and n > _CPU_NS_MAX_N) or n > 2048:
         return "eigh", None
     flat = a.detach().reshape(-1, n, n)
+    flat = (flat + flat.mT) * 0.5
     scale = engine.spectral_scale(flat)
     cond = float(engine.condition_estimate(flat, scale).max())
     if not math.isfinite(cond):
         return "eigh", None  # singular or indefinite as far as the estimate can tell
+    if cpu:
+        return ("newton_schulz" if cond <= _CPU_NS_MAX_COND else "eigh"), scale
     return ("newton_schulz" if cond <= _NS_MAX_COND else "pade"), scale
 
 
@@ -150,7 +160,9 @@ def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float
     n = A.shape[-1]
     batch = A.shape[:-2]
     bsz = math.prod(batch)
-    flat = ((A + A.mT) * 0.5).reshape(bsz, n, n)
+    # symmetrised under autograd for the iterations; the eigen engine symmetrises inside
+    # its Function (cheaper: no autograd node, no second pass)
+    flat = A.reshape(bsz, n, n)
     if A.numel() == 0:
         chosen, scale = "eigh", None
     else:
@@ -169,8 +181,9 @@ def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float
             hard = (cond > 1e-3 / torch.finfo(A.dtype).eps) & (lam[..., 0] > 0)
             if bool(hard.any()):
                 idx = hard.nonzero().squeeze(-1)
-                sub = _iterative(flat[idx], "denman_beavers", max_iter, tol, backward,
-                                 want_sqrt, want_inv, None)
+                hard_in = flat[idx]
+                sub = _iterative((hard_in + hard_in.mT) * 0.5, "denman_beavers", max_iter,
+                                 tol, backward, want_sqrt, want_inv, None)
                 ok = sub[3]
                 idx, keep = idx[ok], ok.nonzero().squeeze(-1)
                 s = _replace(s, idx, None if sub[0] is None else sub[0][keep])
@@ -179,8 +192,8 @@ def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float
                 used[idx], res[idx] = sub[2][keep], sub[4][keep]
                 label = "eigh+denman_beavers"
     else:
-        s, r, used, conv, res = _iterative(flat, chosen, max_iter, tol, backward, want_sqrt,
-                                           want_inv, scale)
+        s, r, used, conv, res = _iterative((flat + flat.mT) * 0.5, chosen, max_iter, tol,
+                                           backward, want_sqrt, want_inv, scale)
         label = chosen
         if not bool(conv.all()):
             bad = (~conv).nonzero().squeeze(-1)
