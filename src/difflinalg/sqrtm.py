@@ -238,7 +238,8 @@ _COMMON = r"""
             or ``"pade"`` (see the module docstring).
         max_iter: iteration limit of the matmul methods (default 60 / 30 / 25 for
             Newton-Schulz / Denman-Beavers / Pade: enough for cond 1e12).
-        tol: target residual ``||I - Z Y||_F / sqrt(n)`` per matrix (default ``n * eps``).
+        tol: target residual ``||I - Z Y||_F / sqrt(n)`` per matrix (default
+            ``sqrt(n) * eps``).
             An iteration that reaches the rounding floor of the dtype before ``tol``
             (residual no longer halving) stops there and counts as converged if within
             ``100 * tol``.
