@@ -6,7 +6,9 @@ with n = 256 and with spectra of condition number 1e1 .. 1e6 and rank-deficient 
 
 Methods (forward + backward of ``sum(sqrtm(A) * G)``):
 
-* ``auto``, ``newton_schulz``, ``denman_beavers``, ``pade``, ``eigh``: ours;
+* ``auto``, ``newton_schulz``, ``denman_beavers``, ``pade``, ``eigh``: ours (iterative
+  forwards with the matmul sign-iteration backward); ``newton_schulz/eigh``: the
+  Newton-Schulz forward with the backward's Lyapunov equation solved by one eigh;
 * ``torch_eigh``: ``V diag(sqrt(l)) V^T`` from :func:`torch.linalg.eigh` with autograd;
 * ``torch_svd``: ``U diag(sqrt(s)) V^T`` from :func:`torch.linalg.svd` with autograd;
 * ``ns10``: 10 coupled Newton-Schulz iterations on ``A / ||A||_F`` with autograd through
@@ -41,6 +43,7 @@ from .._report import (
     format_ratio,
     format_seconds_ms,
     markdown_table,
+    ratio,
     relative_error,
     run_facts,
     write_json,
@@ -54,7 +57,7 @@ __all__ = ["NAME", "DESCRIPTION", "add_arguments", "run"]
 NAME = "sqrtm"
 DESCRIPTION = ("sqrtm (Newton-Schulz, Denman-Beavers, Pade, eigh, auto) vs torch eigh, SVD and "
                "10 Newton-Schulz iterations with autograd; Lin & Maji's experiment")
-OURS = ("auto", "newton_schulz", "denman_beavers", "pade", "eigh")
+OURS = ("auto", "newton_schulz", "newton_schulz/eigh", "denman_beavers", "pade", "eigh")
 BASELINES = ("torch_eigh", "torch_svd", "ns10")
 METHODS = OURS + BASELINES
 PRESETS = {
@@ -78,6 +81,8 @@ def _svd_sqrt(A: torch.Tensor) -> torch.Tensor:
 
 def method_fn(method: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward of one method, ``A -> A^(1/2)``."""
+    if method == "newton_schulz/eigh":
+        return lambda A: difflinalg.sqrtm(A, method="newton_schulz", backward="eigh")
     if method in OURS:
         return lambda A: difflinalg.sqrtm(A, method=method)
     if method == "torch_eigh":
@@ -241,7 +246,8 @@ def _markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, Any]],
     lines = ["# sqrtm benchmark", "", *run_facts(metadata), "",
              "Lin & Maji's setting: `A = X^T X / 1000 + I` from 1000 Gaussian points, loss "
              "`sum(sqrtm(A) * G)`. Times are medians in ms; `vs auto` = time(method) / "
-             "time(auto) measured interleaved in one process (> 1: auto faster). Errors are "
+             "time(auto) measured interleaved in one process (> 1: auto faster); speed-up over "
+             "SVD = time(torch_svd) / time(method), as Lin & Maji report it. Errors are "
              "relative Frobenius errors against a float64 eigen reference (forward: the root; "
              "grad: the symmetric part of dL/dA, the gradient for symmetric perturbations). "
              "saved MB = tensors autograd keeps for the backward."]
@@ -255,14 +261,16 @@ def _markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, Any]],
             e = row.get(method) or {}
             f = (row.get("timing_fwd") or {}).get(method) or {}
             fb = (row.get("timing_fwd_bwd") or {}).get(method) or {}
+            svd = (row.get("timing_fwd_bwd") or {}).get("torch_svd") or {}
             table.append([method, format_seconds_ms(f.get("median_s")),
                           format_seconds_ms(fb.get("median_s")),
                           format_ratio(fb.get("ratio_to_reference")),
+                          format_ratio(ratio(svd.get("median_s"), fb.get("median_s"))),
                           format_error(e.get("fwd_err")), format_error(e.get("grad_err")),
                           "-" if e.get("saved_mb") is None else f"{e['saved_mb']:.2f}"])
         lines.append(markdown_table(
-            ["method", "fwd ms", "f+b ms", "f+b vs auto", "fwd err", "grad err", "saved MB"],
-            table, [False] + [True] * 6))
+            ["method", "fwd ms", "f+b ms", "f+b vs auto", "speed-up over SVD f+b", "fwd err",
+             "grad err", "saved MB"], table, [False] + [True] * 7))
     if accuracy:
         lines += ["", f"## Error versus condition number (n = {accuracy['n']}, batch "
                       f"{accuracy['batch']}, {accuracy['dtype']}; spectrum log-spaced in "
