@@ -263,7 +263,7 @@ def test_double_backward_is_refused_for_iterative_methods():
 def test_bad_input(op):
     name = op.__name__
     A = _spd((), 4, 5.0)
-    with pytest.raises(ValueError, match=rf"^{name}: expected square"):
+    with pytest.raises(ValueError, match=rf"^{name}: expected a square matrix A"):
         op(torch.randn(3, 4, dtype=f64))
     with pytest.raises(TypeError, match=rf"^{name}: "):
         op(torch.eye(3, dtype=torch.int64))

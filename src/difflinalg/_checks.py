@@ -12,6 +12,7 @@ __all__ = [
     "check_tensor",
     "check_real_floating",
     "check_min_dim",
+    "check_square",
     "check_same_device_dtype",
     "check_finite",
     "check_choice",
@@ -45,6 +46,17 @@ def check_min_dim(op: str, name: str, x: torch.Tensor, ndim: int, layout: str) -
             f"{op}: expected {name} of shape {layout} with at least {ndim} dimensions, "
             f"but got {describe(name, x)}"
         )
+
+
+def check_square(op: str, name: str, x: object, layout: str = "(*, n, n)") -> torch.Tensor:
+    """A real floating tensor of square matrices (at least 2-D, last two dims equal)."""
+    x = check_tensor(op, name, x)
+    check_real_floating(op, name, x)
+    check_min_dim(op, name, x, 2, layout)
+    if x.shape[-1] != x.shape[-2]:
+        raise ShapeError(f"{op}: expected a square matrix {name} of shape {layout}, "
+                         f"but got {describe(name, x)}")
+    return x
 
 
 def check_same_device_dtype(op: str, ref_name: str, ref: torch.Tensor, name: str,

@@ -28,9 +28,9 @@ from ._autograd import apply_fastest, classic_twin, no_tf32
 from ._checks import (
     check_choice,
     check_finite,
-    check_min_dim,
     check_real_floating,
     check_same_device_dtype,
+    check_square,
     check_tensor,
 )
 from ._errors import ShapeError, describe
@@ -356,16 +356,6 @@ _SylvesterClassic = classic_twin(_Sylvester)
 # ----------------------------------------------------------------------------- public API
 
 
-def _check_square(op: str, name: str, x: object, layout: str) -> torch.Tensor:
-    x = check_tensor(op, name, x)
-    check_real_floating(op, name, x)
-    check_min_dim(op, name, x, 2, layout)
-    if x.shape[-1] != x.shape[-2]:
-        raise ShapeError(f"{op}: expected a square matrix {name} of shape {layout}, "
-                         f"but got {describe(name, x)}")
-    return x
-
-
 def _check_rhs(op: str, ref_name: str, ref: torch.Tensor, C: object, m: int, n: int,
                layout: str, others: tuple[tuple[str, torch.Tensor], ...]) -> torch.Tensor:
     C = check_tensor(op, "C", C)
@@ -493,8 +483,8 @@ def solve_sylvester(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, *,
         True
     """
     op = "solve_sylvester"
-    A = _check_square(op, "A", A, "(*, m, m)")
-    B = _check_square(op, "B", B, "(*, n, n)")
+    A = check_square(op, "A", A, "(*, m, m)")
+    B = check_square(op, "B", B, "(*, n, n)")
     C = _check_rhs(op, "A", A, C, A.shape[-1], B.shape[-1], "(*, m, n)", (("B", B),))
     if check:
         for name, t in (("A", A), ("B", B), ("C", C)):
@@ -545,7 +535,7 @@ def solve_lyapunov(S: torch.Tensor, C: torch.Tensor, *, method: str = "auto",
         True
     """
     op = "solve_lyapunov"
-    S = _check_square(op, "S", S, "(*, n, n)")
+    S = check_square(op, "S", S, "(*, n, n)")
     n = S.shape[-1]
     C = _check_rhs(op, "S", S, C, n, n, "(*, n, n)", ())
     if check:

@@ -25,7 +25,7 @@ import torch
 
 from . import _spectral as sp
 from ._autograd import apply_fastest, classic_twin
-from ._checks import check_finite, check_min_dim, check_real_floating, check_tensor
+from ._checks import check_finite, check_square
 from ._errors import DTypeError, ShapeError, describe
 from ._triangular import addmm_into
 
@@ -48,12 +48,7 @@ def _default_rtol(n: int, dtype: torch.dtype) -> float:
 
 def _check_square(op: str, A: torch.Tensor, compute_dtype: torch.dtype | None,
                   check: bool) -> None:
-    check_tensor(op, "A", A)
-    check_real_floating(op, "A", A)
-    check_min_dim(op, "A", A, 2, "(*, n, n)")
-    if A.shape[-1] != A.shape[-2]:
-        raise ShapeError(f"{op}: expected a square matrix A of shape (*, n, n), "
-                         f"but got {describe('A', A)}")
+    check_square(op, "A", A)
     if compute_dtype is not None and compute_dtype not in (torch.float32, torch.float64):
         raise DTypeError(f"{op}: expected compute_dtype to be None, torch.float32 or "
                          f"torch.float64, but got {compute_dtype!r}")

@@ -27,7 +27,7 @@ import torch
 from . import _spectral as sp
 from . import _sqrtm as engine
 from ._autograd import apply_fastest
-from ._checks import check_choice, check_finite, check_min_dim, check_real_floating, check_tensor
+from ._checks import check_choice, check_finite, check_square
 from ._errors import ShapeError, describe
 from .spectral import _MatrixFunction, _MatrixFunctionClassic
 
@@ -61,12 +61,7 @@ class SqrtmResult(NamedTuple):
 
 def _check(op: str, A: torch.Tensor, method: str, backward: str, max_iter: int | None,
            tol: float | None, check: bool) -> None:
-    check_tensor(op, "A", A)
-    check_real_floating(op, "A", A)
-    check_min_dim(op, "A", A, 2, "(*, n, n)")
-    if A.shape[-1] != A.shape[-2]:
-        raise ShapeError(f"{op}: expected square matrices A of shape (*, n, n), but got "
-                         f"{describe('A', A)}")
+    check_square(op, "A", A)
     check_choice(op, "method", method, METHODS)
     check_choice(op, "backward", backward, BACKWARDS)
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int)
