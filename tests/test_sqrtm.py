@@ -72,6 +72,21 @@ def test_float32_forward_error(method, cond, tol_s, tol_r):
 
 
 @pytest.mark.parametrize("method", ALL)
+def test_compute_dtype_float64_reaches_float32_rounding_at_cond_1e6(method):
+    A = _spd((3,), 32, 1e6, dtype=f32)
+    x = A.clone().requires_grad_()
+    out = dl.sqrtm(x, method=method, return_inv=True, return_info=True,
+                   compute_dtype=torch.float64)
+    assert out.sqrt.dtype == out.inv_sqrt.dtype == out.info.residual.dtype == f32
+    s_ref, r_ref = _ref(A)
+    assert _rel(out.sqrt, s_ref) < 1e-6 and _rel(out.inv_sqrt, r_ref) < 1e-6
+    (g,) = torch.autograd.grad(out.sqrt.sum(), x)
+    assert g.dtype == f32
+    with pytest.raises(TypeError, match=r"^sqrtm: expected compute_dtype"):
+        dl.sqrtm(A, compute_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("method", ALL)
 @pytest.mark.parametrize("batch", [(), (0,), (3,), (2, 1)])
 def test_shapes_and_inv_sqrtm(method, batch):
     A = _spd(batch, 5, 10.0)

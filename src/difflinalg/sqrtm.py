@@ -28,7 +28,7 @@ from . import _spectral as sp
 from . import _sqrtm as engine
 from ._autograd import apply_fastest
 from ._checks import check_choice, check_finite, check_square
-from ._errors import ShapeError, describe
+from ._errors import DTypeError, ShapeError, describe
 from .spectral import _MatrixFunction, _MatrixFunctionClassic
 
 __all__ = ["sqrtm", "inv_sqrtm", "SqrtmResult", "SqrtmInfo", "METHODS"]
@@ -150,8 +150,18 @@ def _replace(x: torch.Tensor | None, idx: torch.Tensor, value: torch.Tensor | No
 
 
 def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float | None,
-         backward: str, want_sqrt: bool, want_inv: bool, check: bool) -> SqrtmResult:
+         backward: str, want_sqrt: bool, want_inv: bool, check: bool,
+         compute_dtype: torch.dtype | None) -> SqrtmResult:
     _check(op, A, method, backward, max_iter, tol, check)
+    if compute_dtype is not None and compute_dtype != A.dtype:
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise DTypeError(f"{op}: expected compute_dtype to be None, torch.float32 or "
+                             f"torch.float64, but got {compute_dtype!r}")
+        out = _run(op, A.to(compute_dtype), method, max_iter, tol, backward, want_sqrt,
+                   want_inv, False, None)
+        info = out.info._replace(residual=out.info.residual.to(A.dtype))
+        return SqrtmResult(*(None if x is None else x.to(A.dtype)
+                             for x in (out.sqrt, out.inv_sqrt)), info)
     n = A.shape[-1]
     batch = A.shape[:-2]
     bsz = math.prod(batch)
@@ -242,6 +252,11 @@ _COMMON = r"""
             iteration, ``"eigh"`` by one eigendecomposition of the root; ``"auto"``
             (default): iterative for the iterative methods.
         return_info: also return a :class:`SqrtmInfo` (iterations, converged, residual).
+        compute_dtype: run the whole computation (and its backward) in this dtype, e.g.
+            ``torch.float64`` for float32 input on ill-conditioned matrices: in float32 no
+            method can give ``A^(-1/2)`` to better than ~1e-3 at cond 1e6 (a backward error
+            of ``eps * ||A||`` moves the smallest eigenvalue by ~10%), nor the root to better
+            than ~1e-5; in float64 every method gives both to float32 rounding.
         check: raise on non-finite or non-SPD input (a Cholesky per matrix; a device sync).
 
     Non-convergence: ``method="auto"`` recomputes those matrices with the eigen engine; an
@@ -269,8 +284,8 @@ _COMMON = r"""
 
 def sqrtm(A: torch.Tensor, *, method: str = "auto", max_iter: int | None = None,
           tol: float | None = None, backward: str = "auto", return_inv: bool = False,
-          return_info: bool = False, check: bool = False
-          ) -> torch.Tensor | SqrtmResult:
+          return_info: bool = False, compute_dtype: torch.dtype | None = None,
+          check: bool = False) -> torch.Tensor | SqrtmResult:
     r"""Principal square root :math:`A^{1/2}` of SPD matrices.
 
     Returns the ``(*, n, n)`` root, or a :class:`SqrtmResult` ``(sqrt, inv_sqrt, info)``
@@ -284,7 +299,8 @@ def sqrtm(A: torch.Tensor, *, method: str = "auto", max_iter: int | None = None,
         >>> torch.allclose(S @ S, A)
         True
     """
-    out = _run("sqrtm", A, method, max_iter, tol, backward, True, return_inv, check)
+    out = _run("sqrtm", A, method, max_iter, tol, backward, True, return_inv, check,
+               compute_dtype)
     if not (return_inv or return_info):
         return out.sqrt
     return SqrtmResult(out.sqrt, out.inv_sqrt, out.info if return_info else None)
@@ -292,7 +308,8 @@ def sqrtm(A: torch.Tensor, *, method: str = "auto", max_iter: int | None = None,
 
 def inv_sqrtm(A: torch.Tensor, *, method: str = "auto", max_iter: int | None = None,
               tol: float | None = None, backward: str = "auto", return_info: bool = False,
-              check: bool = False) -> torch.Tensor | SqrtmResult:
+              compute_dtype: torch.dtype | None = None, check: bool = False
+              ) -> torch.Tensor | SqrtmResult:
     r"""Inverse principal square root :math:`A^{-1/2}` of SPD matrices (whitening).
 
     Returns the ``(*, n, n)`` inverse root, or ``SqrtmResult(None, inv_sqrt, info)`` with
@@ -305,7 +322,8 @@ def inv_sqrtm(A: torch.Tensor, *, method: str = "auto", max_iter: int | None = N
         >>> torch.allclose(R @ A @ R, torch.eye(8, dtype=torch.float64))
         True
     """
-    out = _run("inv_sqrtm", A, method, max_iter, tol, backward, False, True, check)
+    out = _run("inv_sqrtm", A, method, max_iter, tol, backward, False, True, check,
+               compute_dtype)
     if not return_info:
         return out.inv_sqrt
     return SqrtmResult(None, out.inv_sqrt, out.info)
