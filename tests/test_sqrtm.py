@@ -80,8 +80,14 @@ def test_compute_dtype_float64_reaches_float32_rounding_at_cond_1e6(method):
     assert out.sqrt.dtype == out.inv_sqrt.dtype == out.info.residual.dtype == f32
     s_ref, r_ref = _ref(A)
     assert _rel(out.sqrt, s_ref) < 1e-6 and _rel(out.inv_sqrt, r_ref) < 1e-6
-    (g,) = torch.autograd.grad(out.sqrt.sum(), x)
+    G = torch.randn(3, 32, 32, dtype=f64)
+    (g,) = torch.autograd.grad((out.sqrt * G.float()).sum()
+                               + 1e-3 * (out.inv_sqrt * G.mT.float()).sum(), x)
     assert g.dtype == f32
+    a64 = A.double().requires_grad_()
+    (g_ref,) = torch.autograd.grad((dl.sqrtm_psd(a64) * G).sum()
+                                   + 1e-3 * (dl.inv_sqrtm_psd(a64) * G.mT).sum(), a64)
+    assert _rel(g, g_ref) < 1e-6  # the gradient too, where float32 compute gives ~1e-3
     with pytest.raises(TypeError, match=r"^sqrtm: expected compute_dtype"):
         dl.sqrtm(A, compute_dtype=torch.float16)
 
