@@ -246,7 +246,8 @@ def _markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, Any]],
     lines = ["# sqrtm benchmark", "", *run_facts(metadata), "",
              "Lin & Maji's setting: `A = X^T X / 1000 + I` from 1000 Gaussian points, loss "
              "`sum(sqrtm(A) * G)`. Times are medians in ms; `vs auto` = time(method) / "
-             "time(auto) measured interleaved in one process (> 1: auto faster); speed-up over "
+             "time(auto) measured interleaved in one process (> 1: auto faster); bwd = f+b - fwd "
+             "(forward without autograd); speed-up over "
              "SVD = time(torch_svd) / time(method), as Lin & Maji report it. Errors are "
              "relative Frobenius errors against a float64 eigen reference (forward: the root; "
              "grad: the symmetric part of dL/dA, the gradient for symmetric perturbations). "
@@ -262,15 +263,18 @@ def _markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, Any]],
             f = (row.get("timing_fwd") or {}).get(method) or {}
             fb = (row.get("timing_fwd_bwd") or {}).get(method) or {}
             svd = (row.get("timing_fwd_bwd") or {}).get("torch_svd") or {}
+            bwd = (fb["median_s"] - f["median_s"]
+                   if fb.get("median_s") and f.get("median_s") else None)
             table.append([method, format_seconds_ms(f.get("median_s")),
+                          format_seconds_ms(bwd if bwd is None or bwd > 0 else None),
                           format_seconds_ms(fb.get("median_s")),
                           format_ratio(fb.get("ratio_to_reference")),
                           format_ratio(ratio(svd.get("median_s"), fb.get("median_s"))),
                           format_error(e.get("fwd_err")), format_error(e.get("grad_err")),
                           "-" if e.get("saved_mb") is None else f"{e['saved_mb']:.2f}"])
         lines.append(markdown_table(
-            ["method", "fwd ms", "f+b ms", "f+b vs auto", "speed-up over SVD f+b", "fwd err",
-             "grad err", "saved MB"], table, [False] + [True] * 7))
+            ["method", "fwd ms", "bwd ms", "f+b ms", "f+b vs auto", "speed-up over SVD f+b",
+             "fwd err", "grad err", "saved MB"], table, [False] + [True] * 8))
     if accuracy:
         lines += ["", f"## Error versus condition number (n = {accuracy['n']}, batch "
                       f"{accuracy['batch']}, {accuracy['dtype']}; spectrum log-spaced in "
