@@ -623,6 +623,8 @@ def _orgqr_backward_tall(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.
     r_at = v.narrow(-2, 0, n).clone()                 # R_a^T = V[:n] N'^{-T}
     torch.linalg.solve_triangular(s, r_at, upper=False, left=False, unitriangular=True,
                                   out=r_at)
+    del s  # every temporary is freed as soon as it is used: the peak is what the
+    # memory target counts (G, V, dL/dV and a few k x k blocks)
     grad_tau = None
     if need_tau and tau_in is not None:
         grad_tau = (r_bt * r_at).sum(-2).neg_()      # -diag(R_b R_a^T)
@@ -634,8 +636,10 @@ def _orgqr_backward_tall(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.
     w = r_bt.mT @ r_at                                # Z C^T
     gv = g @ r_at                                     # G C^T + E Z^T
     gv.narrow(-2, 0, n).add_(r_bt)
+    del r_bt, r_at
     upper = w.triu(1)                                 # w_sym = striu(w) + striu(w)^T + diag(w)
     w.triu_().add_(upper.mT)
+    del upper
     if tau_in is not None:
         w.diagonal(dim1=-2, dim2=-1).zero_()
     if gv.dim() == 2:
