@@ -3,17 +3,18 @@ r"""Square root and inverse square root of SPD matrices: eigen engine or matmul 
 :func:`sqrtm` and :func:`inv_sqrtm` compute :math:`A^{1/2}` and :math:`A^{-1/2}` of a batch of
 symmetric positive definite matrices ``(*, n, n)`` by one of
 
-* ``"eigh"``: the eigen engine (:func:`difflinalg.sqrtm_psd`), exact Loewner backward;
+* ``"eigh"``: the eigen engine (:func:`difflinalg.sqrtm_psd`), exact Loewner backward (one
+  eigendecomposition per requested root);
 * ``"newton_schulz"``, ``"denman_beavers"``, ``"pade"``: coupled matmul-only iterations
   with per-matrix spectral scaling, a per-matrix convergence test and a Lyapunov backward
   that does not differentiate through the loop (memory independent of the iteration
   count), see :mod:`difflinalg._sqrtm`;
-* ``"auto"``: on CPU the eigen engine (fastest there from n = 64 on; Newton-Schulz for
-  small well-conditioned matrices), with the matrices whose computed condition number
+* ``"auto"``: on CPU the eigen engine for n > 32 (the fastest there; Newton-Schulz for
+  smaller well-conditioned matrices), with the matrices whose computed condition number
   exceeds ``1e-3 / eps`` (8e3 in float32) recomputed by Denman-Beavers, which is more
-  accurate there; on other devices a
-  matrix-vector-only condition estimate picks Newton-Schulz (well-conditioned) or Pade, and
-  any matrix whose iteration does not converge is recomputed by the eigen engine.
+  accurate there; on other devices a matrix-vector-only condition estimate picks
+  Newton-Schulz (well-conditioned) or Pade, and any matrix whose iteration does not
+  converge is recomputed by the eigen engine.
 """
 
 from __future__ import annotations
