@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import nn, testing
 from ._errors import DiffLinalgError, DTypeError, ShapeError
+from .factorize import LowRankSolution, factorize_matrix
 from .lyapunov import solve_lyapunov, solve_sylvester
 from .orthogonal import householder_apply, householder_orgqr, householder_product
 from .spectral import (
@@ -40,6 +41,8 @@ __all__ = [
     "SqrtmInfo",
     "solve_lyapunov",
     "solve_sylvester",
+    "factorize_matrix",
+    "LowRankSolution",
     "DiffLinalgError",
     "ShapeError",
     "DTypeError",

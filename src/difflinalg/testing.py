@@ -19,6 +19,7 @@ __all__ = [
     "orthogonality_error",
     "block_frechet",
     "symmetric_with_spectrum",
+    "reduced_rank_regression_reference",
 ]
 
 
@@ -120,3 +121,23 @@ def symmetric_with_spectrum(eigenvalues: torch.Tensor, *, generator=None) -> tor
     q = q * torch.sign(r.diagonal(dim1=-2, dim2=-1)).unsqueeze(-2)
     a = (q * eigenvalues.unsqueeze(-2)) @ q.mT
     return (a + a.mT) / 2
+
+
+def reduced_rank_regression_reference(X: torch.Tensor, Y: torch.Tensor, rank: int
+                                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, b)`` minimising ``||Y - X B - 1 b^T||_F`` over ``rank(B) <= rank``, in float64.
+
+    The textbook route, independent of difflinalg's whitening: ordinary least squares on the
+    centred data, then projection of the fitted values onto their top ``rank`` principal
+    directions (Izenman 1975): ``B = B_ols V_k V_k^T`` with ``V_k`` the top eigenvectors of
+    ``Yhat^T Yhat``, ``Yhat = Xc B_ols``; ``b = ybar - xbar B``.
+    """
+    X, Y = X.double(), Y.double()
+    xbar, ybar = X.mean(0), Y.mean(0)
+    Xc, Yc = X - xbar, Y - ybar
+    B_ols = torch.linalg.lstsq(Xc, Yc, driver="gelsd").solution
+    fitted = Xc @ B_ols
+    _, vecs = torch.linalg.eigh(fitted.mT @ fitted)
+    vk = vecs[:, -rank:]
+    B = B_ols @ vk @ vk.mT
+    return B, ybar - xbar @ B

@@ -1,0 +1,279 @@
+r"""Data-aware low-rank factorization of linear maps: the closed-form optimum of the output error.
+
+:func:`factorize_matrix` replaces a ``D x M`` weight ``W`` (``Y = X W + bias``) by two thin
+factors ``Wa`` (``D x k``) and ``Wb`` (``k x M``) and a new bias ``b`` minimising the error on
+the outputs the layer actually produces,
+
+.. math::
+    \min_{W_a, W_b, b}\ \| Y - (X W_a W_b + \mathbf{1} b^T) \|_F^2 ,
+
+with the contract of MosaicML Composer's ``factorize_matrix`` / ``LowRankSolution`` (same
+arguments, shapes and rank conventions), so code written for it can switch. Composer
+approaches this objective by alternating least squares from an SVD start; it has a
+closed-form global optimum (reduced-rank regression, A. J. Izenman, "Reduced-rank regression
+for the multivariate linear model", J. Multivariate Anal. 5(2), 1975):
+
+1. centre: ``Xc = X - 1 xbar^T``, ``Yc = Y - 1 ybar^T`` (the optimal ``b`` is
+   ``ybar - Wb^T Wa^T xbar``, which removes the means);
+2. whiten the inputs by the Cholesky factor of their Gram matrix, ``Xc^T Xc = L L^T``:
+   ``Q = Xc L^{-T}`` has orthonormal columns and ``Xc B = Q (L^T B)``;
+3. the best rank-``k`` ``Z = L^T B`` is the truncated SVD of ``Q^T Yc = L^{-1} Xc^T Yc``
+   (Eckart-Young), so ``Wa = L^{-T} U_k S_k^{1/2}``, ``Wb = S_k^{1/2} V_k^T``;
+4. the error is ``||Yc||^2 - sum_{i<=k} s_i^2``: every rank's error at once.
+
+Only ``N``, the sums of ``x`` and ``y``, ``sum ||y||^2``, the ``D x D`` Gram matrix and the
+``D x M`` cross matrix are needed, so ``X`` and ``Y`` may be streamed in chunks and are never
+held whole; they are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from ._checks import check_real_floating, check_tensor
+from ._errors import DTypeError, ShapeError, describe
+
+__all__ = ["LowRankSolution", "factorize_matrix", "OutputStats"]
+
+_ACC = torch.float64
+
+
+@dataclasses.dataclass
+class LowRankSolution:
+    """Result of :func:`factorize_matrix` (fields and conventions of Composer's class).
+
+    ``Wa`` ``(D, rank)`` and ``Wb`` ``(rank, M)`` with ``Y ~ X Wa Wb + bias``; when
+    factorising cannot help (``rank >= min(D, M)``), ``Wa`` is the single ``(D, M)`` matrix,
+    ``Wb`` is None and ``rank`` is -1. ``nmse`` is the mean squared error of the returned
+    map on the given data divided by the variance of ``Y`` (over all its elements): 0 is
+    exact, 1 is no better than predicting the mean.
+    """
+
+    Wa: torch.Tensor | None = None
+    Wb: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    rank: int = -1
+    nmse: float = 0.0
+
+
+@dataclasses.dataclass
+class OutputStats:
+    """Streamed sufficient statistics of a linear least-squares problem ``Y ~ X B + b``.
+
+    ``n`` samples, ``sx`` = sum of x ``(D,)``, ``sy`` = sum of y ``(M,)``, ``syy`` = sum of
+    ``||y||^2``, ``gxx`` = ``X^T X`` ``(D, D)``, ``gxy`` = ``X^T Y`` ``(D, M)``; float64.
+    """
+
+    n: int
+    sx: torch.Tensor
+    sy: torch.Tensor
+    syy: torch.Tensor
+    gxx: torch.Tensor
+    gxy: torch.Tensor
+
+    @classmethod
+    def empty(cls, d: int, m: int, device: torch.device) -> OutputStats:
+        z = torch.zeros
+        return cls(0, z(d, dtype=_ACC, device=device), z(m, dtype=_ACC, device=device),
+                   z((), dtype=_ACC, device=device), z(d, d, dtype=_ACC, device=device),
+                   z(d, m, dtype=_ACC, device=device))
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Accumulate a chunk ``x`` ``(n, D)``, ``y`` ``(n, M)``."""
+        x, y = x.to(_ACC), y.to(_ACC)
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.syy += y.square().sum()
+        self.gxx.addmm_(x.mT, x)
+        self.gxy.addmm_(x.mT, y)
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor]:
+        """(xbar, ybar, Xc^T Xc, Xc^T Yc, ||Yc||^2)."""
+        xbar, ybar = self.sx / self.n, self.sy / self.n
+        gxx = self.gxx - self.n * torch.outer(xbar, xbar)
+        gxy = self.gxy - self.n * torch.outer(xbar, ybar)
+        yy = self.syy - self.n * ybar.square().sum()
+        return xbar, ybar, gxx, gxy, yy
+
+    def variance(self) -> float:
+        """Unbiased variance of all elements of Y (Composer's ``Y.var()``)."""
+        count = self.n * self.sy.shape[0]
+        mean = self.sy.sum() / count
+        return float((self.syy - count * mean * mean) / max(count - 1, 1))
+
+    def sse(self, B: torch.Tensor, b: torch.Tensor) -> float:
+        """``||Y - X B - 1 b^T||_F^2`` of any map ``(B, b)``, from the statistics alone."""
+        B, b = B.to(_ACC), b.to(_ACC)
+        quad = (B * (self.gxx @ B)).sum()
+        cross = (B * self.gxy).sum()
+        value = (self.syy - 2.0 * cross - 2.0 * b @ self.sy + quad
+                 + 2.0 * b @ (B.mT @ self.sx) + self.n * b.square().sum())
+        return max(float(value), 0.0)
+
+
+def _chunks(op: str, name: str, data: torch.Tensor | Iterable[torch.Tensor]
+            ) -> Iterator[torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        yield data
+        return
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise DTypeError(f"{op}: expected {name} to be a tensor or an iterable of tensors, "
+                         f"but got {type(data).__name__}") from None
+    yield from iterator
+
+
+def _whitening(gxx: torch.Tensor) -> torch.Tensor:
+    """``W`` with ``W^T Gxx W = I`` on the range of ``Gxx``, as an upper-triangular
+    ``L^{-T}`` from Cholesky, or from ``eigh`` when ``Gxx`` is (numerically) singular (fewer
+    samples than features, constant features): then the minimum-norm optimum."""
+    chol, info = torch.linalg.cholesky_ex(gxx)
+    scale = gxx.diagonal().abs().max().clamp_min(torch.finfo(_ACC).tiny)
+    if int(info) == 0:
+        low = chol.diagonal().abs().min()
+        if low * low > gxx.shape[0] * torch.finfo(_ACC).eps * scale:
+            eye = torch.eye(gxx.shape[0], dtype=_ACC, device=gxx.device)
+            return torch.linalg.solve_triangular(chol.mT, eye, upper=True)
+    lam, v = torch.linalg.eigh(gxx)
+    keep = lam > gxx.shape[0] * torch.finfo(_ACC).eps * scale
+    return v[:, keep] * lam[keep].rsqrt()
+
+
+def _resolve_rank(op: str, rank: int | float, d: int, current: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not rank > 0:
+        raise ShapeError(f"{op}: expected rank to be a positive int or a fraction in (0, 1), "
+                         f"but got rank={rank!r}")
+    if rank < 1:  # a fraction of the input dimension (or of the current rank, if smaller)
+        return max(1, min(int(rank * d), current))
+    if rank != int(rank):
+        raise ShapeError(f"{op}: expected an integer rank >= 1 or a fraction in (0, 1), but "
+                         f"got rank={rank!r}")
+    return int(rank)
+
+
+def factorize_matrix(X: torch.Tensor | Iterable[torch.Tensor],
+                     Y: torch.Tensor | Iterable[torch.Tensor] | None,
+                     Wa: torch.Tensor, Wb: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, rank: int | float = 0.25,
+                     n_iters: int = 3) -> LowRankSolution:
+    r"""Best rank-``rank`` factorization ``X Wa Wb + bias`` of the outputs ``Y`` (closed form).
+
+    Drop-in for Composer's ``factorize_matrix``: the same arguments and
+    :class:`LowRankSolution`, but the global optimum of the objective (not an alternating
+    least-squares approximation of it) and the true ``nmse`` (Composer's is computed against
+    ``Y`` without the bias it was passed). See the module docstring for the math.
+
+    Args:
+        X: inputs ``(N, D)``, or an iterable of ``(n_i, D)`` chunks (streamed: only ``D x D``
+            and ``D x M`` statistics are kept).
+        Y: outputs ``(N, M)`` of the layer on ``X`` (chunks matching ``X``'s), or None for
+            ``X W + bias`` with ``W = Wa`` (or ``Wa @ Wb``).
+        Wa: the ``(D, M)`` weight, or the first factor ``(D, d)`` of an already factorised
+            one (progressive rank reduction). Its dtype and device are the result's.
+        Wb: the second factor ``(d, M)``, or None.
+        bias: ``(M,)`` bias of the layer (used for ``Y=None``; the fitted bias replaces it).
+        rank: latent size ``k``: an int, or a fraction in (0, 1) of ``D`` (capped at the
+            current rank ``d``). ``k >= min(D, M)`` returns the best single matrix (rank -1);
+            ``k >= d`` for factorised input returns ``Wa``, ``Wb`` unchanged (rank -1).
+        n_iters: accepted for compatibility and ignored: the solution is exact.
+
+    Returns:
+        :class:`LowRankSolution` with ``Wa (D, k)``, ``Wb (k, M)``, ``bias (M,)``, ``rank``
+        and ``nmse``.
+
+    Raises:
+        ShapeError (ValueError): bad rank, mismatched shapes, no samples.
+        DTypeError (TypeError): non-floating or mismatched tensors.
+
+    Example:
+        >>> X = torch.randn(2000, 64) @ torch.randn(64, 64)     # correlated inputs
+        >>> layer = torch.nn.Linear(64, 48)
+        >>> sol = factorize_matrix(X, None, layer.weight.T.detach(), bias=layer.bias, rank=16)
+        >>> sol.Wa.shape, sol.Wb.shape, sol.rank
+        (torch.Size([64, 16]), torch.Size([16, 48]), 16)
+    """
+    op = "factorize_matrix"
+    check_tensor(op, "Wa", Wa)
+    check_real_floating(op, "Wa", Wa)
+    if Wa.dim() != 2:
+        raise ShapeError(f"{op}: expected Wa of shape (D, M) or (D, d), but got "
+                         f"{describe('Wa', Wa)}")
+    d_in = Wa.shape[0]
+    if Wb is not None:
+        check_tensor(op, "Wb", Wb)
+        if Wb.dim() != 2 or Wb.shape[0] != Wa.shape[1]:
+            raise ShapeError(f"{op}: expected Wb of shape (d, M) with d = Wa.shape[1] = "
+                             f"{Wa.shape[1]}, but got {describe('Wb', Wb)}")
+    weight = Wa.detach() if Wb is None else Wa.detach() @ Wb.detach()
+    m_out = weight.shape[1]
+    if bias is not None:
+        check_tensor(op, "bias", bias)
+        if bias.shape != (m_out,):
+            raise ShapeError(f"{op}: expected bias of shape ({m_out},), but got "
+                             f"{describe('bias', bias)}")
+    current = Wa.shape[1] if Wb is not None else min(d_in, m_out)
+    k = _resolve_rank(op, rank, d_in, current)
+
+    stats = OutputStats.empty(d_in, m_out, Wa.device)
+    ys = None if Y is None else _chunks(op, "Y", Y)
+    with torch.no_grad():
+        for i, x in enumerate(_chunks(op, "X", X)):
+            check_tensor(op, "X", x)
+            if x.dim() != 2 or x.shape[1] != d_in:
+                raise ShapeError(f"{op}: expected X of shape (N, {d_in}) matching Wa, but "
+                                 f"got {describe('X', x)}" + (f" in chunk {i}" if i else ""))
+            if ys is None:
+                y = x.to(weight.dtype) @ weight
+                if bias is not None:
+                    y = y + bias.detach()
+            else:
+                y = next(ys, None)
+                if y is None or y.dim() != 2 or y.shape != (x.shape[0], m_out):
+                    raise ShapeError(f"{op}: expected Y of shape ({x.shape[0]}, {m_out}) "
+                                     f"matching X and Wa, but got "
+                                     + ("no chunk" if y is None else describe("Y", y))
+                                     + (f" in chunk {i}" if i else ""))
+            stats.add(x.detach(), y.detach())
+    if stats.n == 0:
+        raise ShapeError(f"{op}: expected at least one sample in X, but got none")
+    return solve_from_stats(stats, k, Wa, Wb, bias)
+
+
+def solve_from_stats(stats: OutputStats, k: int, Wa: torch.Tensor, Wb: torch.Tensor | None,
+                     bias: torch.Tensor | None) -> LowRankSolution:
+    """The optimum of rank ``k`` from streamed statistics (see :func:`factorize_matrix`)."""
+    dtype, device = Wa.dtype, Wa.device
+    d_in, m_out = stats.gxx.shape[0], stats.gxy.shape[1]
+    var = stats.variance()
+
+    def nmse(B: torch.Tensor, b: torch.Tensor) -> float:
+        mse = stats.sse(B, b) / (stats.n * m_out)
+        return mse / var if var > 0 else 0.0
+
+    if Wb is not None and k >= Wa.shape[1]:  # already at or below the requested rank
+        B = (Wa.detach() @ Wb.detach()).to(_ACC)
+        b = torch.zeros(m_out, dtype=_ACC, device=device) if bias is None else bias.to(_ACC)
+        return LowRankSolution(Wa.detach(), Wb.detach(), None if bias is None else bias.detach(),
+                               -1, nmse(B, b))
+    xbar, ybar, gxx, gxy, _ = stats.centred()
+    white = _whitening(gxx)                            # (D, r): white^T Gxx white = I
+    if k >= d_in or k >= m_out:  # factorising cannot help: the best single matrix
+        B = white @ (white.mT @ gxy)
+        b = ybar - xbar @ B
+        return LowRankSolution(B.to(dtype), None, b.to(dtype), -1, nmse(B, b))
+    u, s, vh = torch.linalg.svd(white.mT @ gxy, full_matrices=False)
+    k_eff = min(k, s.shape[0])
+    root = s[:k_eff].sqrt()
+    wa = (white @ u[:, :k_eff]) * root
+    wb = root[:, None] * vh[:k_eff]
+    if k_eff < k:  # fewer informative directions than k: pad with zero columns
+        wa = torch.cat([wa, wa.new_zeros(d_in, k - k_eff)], 1)
+        wb = torch.cat([wb, wb.new_zeros(k - k_eff, m_out)], 0)
+    b = ybar - (xbar @ wa) @ wb
+    return LowRankSolution(wa.to(dtype), wb.to(dtype), b.to(dtype), k, nmse(wa @ wb, b))
