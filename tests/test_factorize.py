@@ -157,3 +157,107 @@ def test_bad_input():
         factorize_matrix(3.0, Y, W)
     with pytest.raises(TypeError, match=r"^factorize_matrix: "):
         factorize_matrix(X, Y, W.to(torch.int64))
+
+
+# ----------------------------------------------------------------------------- conv2d
+from difflinalg.factorize import factorize_conv2d  # noqa: E402
+
+F = torch.nn.functional
+
+
+def _conv_problem(groups=1, seed=0, n=6, c_in=8, c_out=12, size=9):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c_in, c_in, dtype=f64, generator=g) * torch.logspace(0, -1.5, c_in,
+                                                                           dtype=f64)
+    X = torch.einsum("nchw,cd->ndhw", torch.randn(n, c_in, size, size, dtype=f64,
+                                                  generator=g), mix)
+    W = torch.randn(c_out, c_in // groups, 3, 3, dtype=f64, generator=g) / 3
+    b = torch.randn(c_out, dtype=f64, generator=g)
+    return X, W, b
+
+
+def _apply(sol, X, groups, **kw):
+    if sol.Wb is None:
+        return F.conv2d(X, sol.Wa, sol.bias, groups=groups, **kw)
+    mid = F.conv2d(X, sol.Wa, None, groups=groups, **kw)
+    return F.conv2d(mid, sol.Wb, sol.bias, groups=groups)
+
+
+def _nmse(Y, Y_hat):
+    return float((Y - Y_hat).square().mean() / Y.var())
+
+
+def test_conv_matches_the_patch_regression_optimum():
+    X, W, b = _conv_problem()
+    sol = factorize_conv2d(X, W, rank=4, biasA=b, padding=1)
+    assert sol.Wa.shape == (4, 8, 3, 3) and sol.Wb.shape == (12, 4, 1, 1) and sol.rank == 4
+    cols = F.unfold(X, 3, padding=1).transpose(1, 2).reshape(-1, 72)
+    Y = F.conv2d(X, W, b, padding=1)
+    Ym = Y.permute(0, 2, 3, 1).reshape(-1, 12)
+    B_ref, b_ref = reduced_rank_regression_reference(cols, Ym, 4)
+    B = sol.Wa.reshape(4, 72).mT @ sol.Wb.reshape(12, 4).mT
+    torch.testing.assert_close(B, B_ref, rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(sol.bias, b_ref, rtol=1e-8, atol=1e-9)
+    assert sol.nmse == pytest.approx(_nmse(Y, _apply(sol, X, 1, padding=1)), rel=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular"])
+def test_conv_stride_dilation_groups_padding_modes(mode):
+    X, W, b = _conv_problem(groups=2, size=11)
+    kw = dict(stride=2, dilation=2, padding=2)
+    if mode == "zeros":
+        Y = F.conv2d(X, W, b, groups=2, **kw)
+    else:
+        Y = F.conv2d(F.pad(X, (2, 2, 2, 2), mode=mode), W, b, groups=2, stride=2, dilation=2)
+    sol = factorize_conv2d(X, W, rank=6, biasA=b, groups=2, padding_mode=mode, **kw)
+    assert sol.Wa.shape == (6, 4, 3, 3) and sol.Wb.shape == (12, 3, 1, 1)
+    if mode == "zeros":
+        Y_hat = _apply(sol, X, 2, **kw)
+    else:
+        Y_hat = _apply(sol, F.pad(X, (2, 2, 2, 2), mode=mode), 2, stride=2, dilation=2)
+    assert sol.nmse == pytest.approx(_nmse(Y, Y_hat), rel=1e-8)
+    assert 0.0 < sol.nmse < 0.5
+    # a data-blind SVD of each group's weight is much worse on these correlated inputs
+    blind = []
+    for g in range(2):
+        w = W[g * 6:(g + 1) * 6].reshape(6, 36)
+        U, s, Vt = torch.linalg.svd(w, full_matrices=False)
+        blind.append((U[:, :3] * s[:3], Vt[:3]))
+    wa = torch.cat([vt for _, vt in blind]).reshape(6, 4, 3, 3)
+    wb = torch.cat([u for u, _ in blind]).reshape(12, 3, 1, 1)
+    svd = LowRankSolution(wa, wb, b, 6)
+    Y_svd = (_apply(svd, X, 2, **kw) if mode == "zeros"
+             else _apply(svd, F.pad(X, (2, 2, 2, 2), mode=mode), 2, stride=2, dilation=2))
+    assert sol.nmse < 0.8 * _nmse(Y, Y_svd)
+
+
+def test_conv_streamed_batches_and_progressive_rank():
+    X, W, b = _conv_problem(n=8)
+    whole = factorize_conv2d(X, W, rank=6, biasA=b, padding=1)
+    parts = factorize_conv2d(list(X.split(3)), W, rank=6, biasA=b, padding=1)
+    torch.testing.assert_close(parts.Wa.reshape(6, -1).mT @ parts.Wb.reshape(12, 6).mT,
+                               whole.Wa.reshape(6, -1).mT @ whole.Wb.reshape(12, 6).mT)
+    smaller = factorize_conv2d(X, whole.Wa, whole.Wb, rank=3, biasB=whole.bias, padding=1)
+    assert smaller.rank == 3 and smaller.Wa.shape == (3, 8, 3, 3)
+    same = factorize_conv2d(X, whole.Wa, whole.Wb, rank=6, biasB=whole.bias, padding=1)
+    assert same.rank == -1 and torch.equal(same.Wa, whole.Wa)
+    assert same.nmse < 1e-12  # measured against the outputs of the factorised conv itself
+    full = factorize_conv2d(X, W, rank=12, biasA=b, padding=1)  # >= out: a single conv
+    assert full.rank == -1 and full.Wb is None and full.Wa.shape == W.shape
+    assert full.nmse < 1e-12
+
+
+def test_conv_bad_input():
+    X, W, b = _conv_problem(groups=2)
+    with pytest.raises(ValueError, match=r"^factorize_conv2d: expected rank to be a multiple"):
+        factorize_conv2d(X, W, rank=5, groups=2)
+    with pytest.raises(ValueError, match=r"^factorize_conv2d: unexpected conv2d arguments"):
+        factorize_conv2d(X, W, rank=4, groups=2, bias=b)
+    with pytest.raises(ValueError, match=r"^factorize_conv2d: got biasB but Wb=None"):
+        factorize_conv2d(X, W, rank=4, groups=2, biasB=b)
+    with pytest.raises(ValueError, match=r"^factorize_conv2d: expected X of shape \(N, 8, H, W\)"):
+        factorize_conv2d(X[:, :3], W, rank=4, groups=2)
+    with pytest.raises(ValueError, match=r"^factorize_conv2d: expected Wa of shape"):
+        factorize_conv2d(X, W[0], rank=4)
+    with pytest.raises(ValueError, match=r"^factorize_conv2d: expected numeric padding"):
+        factorize_conv2d(X, W, rank=4, groups=2, padding="same")

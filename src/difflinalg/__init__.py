@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import nn, testing
 from ._errors import DiffLinalgError, DTypeError, ShapeError
-from .factorize import LowRankSolution, factorize_matrix
+from .factorize import LowRankSolution, factorize_conv2d, factorize_matrix
 from .lyapunov import solve_lyapunov, solve_sylvester
 from .orthogonal import householder_apply, householder_orgqr, householder_product
 from .spectral import (
@@ -42,6 +42,7 @@ __all__ = [
     "solve_lyapunov",
     "solve_sylvester",
     "factorize_matrix",
+    "factorize_conv2d",
     "LowRankSolution",
     "DiffLinalgError",
     "ShapeError",

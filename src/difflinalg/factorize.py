@@ -37,7 +37,7 @@ import torch
 from ._checks import check_real_floating, check_tensor
 from ._errors import DTypeError, ShapeError, describe
 
-__all__ = ["LowRankSolution", "factorize_matrix", "OutputStats"]
+__all__ = ["LowRankSolution", "factorize_matrix", "factorize_conv2d", "OutputStats"]
 
 _ACC = torch.float64
 
@@ -301,3 +301,169 @@ def solve_from_stats(stats: OutputStats, k: int, Wa: torch.Tensor, Wb: torch.Ten
         wb = torch.cat([wb, wb.new_zeros(k - k_eff, m_out)], 0)
     b = ybar - (xbar @ wa) @ wb
     return LowRankSolution(wa.to(dtype), wb.to(dtype), b.to(dtype), k, nmse(wa @ wb, b))
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+_CONV_KEYS = ("stride", "padding", "dilation", "groups", "padding_mode")
+_PATCH_BUDGET = 32 * 2**20  # bytes of unfolded patches per streamed chunk of images
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _conv_weights(Wa: torch.Tensor, Wb: torch.Tensor | None, biasA: torch.Tensor | None,
+                  biasB: torch.Tensor | None, groups: int
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The conv as one ``(out, in/groups, kh, kw)`` weight and bias (``Wb`` composed)."""
+    if Wb is None:
+        return Wa, biasA
+    rank = Wa.shape[0]
+    wb = Wb.reshape(Wb.shape[0], -1)                       # (out, rank/groups)
+    out_g, rank_g = Wb.shape[0] // groups, rank // groups
+    blocks = []
+    for g in range(groups):
+        wa_g = Wa[g * rank_g:(g + 1) * rank_g].reshape(rank_g, -1)
+        blocks.append(wb[g * out_g:(g + 1) * out_g] @ wa_g)
+    weight = torch.cat(blocks).reshape(Wb.shape[0], *Wa.shape[1:])
+    bias = None
+    if biasA is not None:
+        bias = torch.cat([wb[g * out_g:(g + 1) * out_g] @ biasA[g * rank_g:(g + 1) * rank_g]
+                          for g in range(groups)])
+    if biasB is not None:
+        bias = biasB if bias is None else bias + biasB
+    return weight, bias
+
+
+def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
+                     Wb: torch.Tensor | None = None, rank: int | float = 0.25,
+                     biasA: torch.Tensor | None = None, biasB: torch.Tensor | None = None,
+                     n_iters: int = 3, **conv2d_kwargs) -> LowRankSolution:
+    r"""Best ``k x k`` conv with ``rank`` channels followed by a ``1 x 1`` conv (closed form).
+
+    Drop-in for Composer's ``factorize_conv2d``: ``Wa`` ``(out, in/groups, kh, kw)`` (or
+    the first factor ``(d, in/groups, kh, kw)`` with ``Wb`` ``(out, d/groups, 1, 1)``),
+    returns ``Wa`` ``(rank, in/groups, kh, kw)``, ``Wb`` ``(out, rank/groups, 1, 1)`` and
+    the bias minimising the error on the conv's own outputs over ``X``
+    (:func:`factorize_matrix` on its patches). Unlike Composer it supports ``stride``,
+    ``dilation``, every ``padding_mode`` and ``groups`` (each group factorised on its own
+    with ``rank/groups`` channels, so both convs stay grouped), and never materialises the
+    unfolded activations: images are unfolded a chunk at a time (at most 32 MiB of
+    patches) and reduced to ``fan_in x fan_in`` statistics.
+
+    Args:
+        X: ``(N, in, H, W)`` activations, or an iterable of such batches.
+        Wa, Wb, biasA, biasB: the conv (and its already factorised form), as in Composer.
+        rank: latent channels: an int (a multiple of ``groups``) or, as in Composer, a
+            fraction in (0, 1) of ``in * kh * kw`` (capped at ``out`` or the current rank).
+        n_iters: accepted for compatibility and ignored (the solution is exact).
+        **conv2d_kwargs: ``stride``, ``padding``, ``dilation``, ``groups``,
+            ``padding_mode`` of the original conv.
+
+    Returns:
+        :class:`LowRankSolution` (``rank`` -1 and a single conv weight when factorising
+        cannot help).
+    """
+    op = "factorize_conv2d"
+    unknown = sorted(set(conv2d_kwargs) - set(_CONV_KEYS))
+    if unknown:
+        raise ShapeError(f"{op}: unexpected conv2d arguments {unknown}; expected among "
+                         f"{', '.join(_CONV_KEYS)}")
+    stride = _pair(conv2d_kwargs.get("stride", 1))
+    dilation = _pair(conv2d_kwargs.get("dilation", 1))
+    groups = int(conv2d_kwargs.get("groups", 1))
+    padding = conv2d_kwargs.get("padding", 0)
+    mode = conv2d_kwargs.get("padding_mode", "zeros")
+    check_tensor(op, "Wa", Wa)
+    check_real_floating(op, "Wa", Wa)
+    if Wa.dim() != 4:
+        raise ShapeError(f"{op}: expected Wa of shape (out, in/groups, kh, kw), but got "
+                         f"{describe('Wa', Wa)}")
+    if isinstance(padding, str):
+        raise ShapeError(f"{op}: expected numeric padding (as stored on nn.Conv2d), but got "
+                         f"padding={padding!r}")
+    padding = _pair(padding)
+    if Wb is not None and (Wb.dim() != 4 or Wb.shape[2:] != (1, 1)
+                           or Wb.shape[1] * groups != Wa.shape[0]):
+        raise ShapeError(f"{op}: expected Wb of shape (out, d/groups, 1, 1) with d = "
+                         f"Wa.shape[0] = {Wa.shape[0]}, but got {describe('Wb', Wb)}")
+    if biasB is not None and Wb is None:
+        raise ShapeError(f"{op}: got biasB but Wb=None; expected biasB only with Wb")
+    weight, bias = _conv_weights(Wa.detach(), None if Wb is None else Wb.detach(),
+                                 None if biasA is None else biasA.detach(),
+                                 None if biasB is None else biasB.detach(), groups)
+    out_ch, in_g, kh, kw = weight.shape
+    if out_ch % groups:
+        raise ShapeError(f"{op}: expected out channels divisible by groups={groups}, but got "
+                         f"{describe('Wa', Wa)}")
+    in_ch, out_g, fan_in = in_g * groups, out_ch // groups, in_g * kh * kw
+    current = Wa.shape[0] if Wb is not None else out_ch
+    k = _resolve_rank(op, rank, fan_in * groups, current)  # fractions of in * kh * kw
+    if k % groups:
+        raise ShapeError(f"{op}: expected rank to be a multiple of groups={groups} (each "
+                         f"group gets rank/groups channels), but got rank={k}")
+    k_g = k // groups
+    stats = [OutputStats.empty(fan_in, out_g, Wa.device) for _ in range(groups)]
+    with torch.no_grad():
+        for i, x in enumerate(_chunks(op, "X", X)):
+            check_tensor(op, "X", x)
+            if x.dim() != 4 or x.shape[1] != in_ch:
+                raise ShapeError(f"{op}: expected X of shape (N, {in_ch}, H, W) matching Wa "
+                                 f"and groups={groups}, but got {describe('X', x)}"
+                                 + (f" in chunk {i}" if i else ""))
+            x = x.detach().to(weight.dtype)
+            if mode != "zeros":
+                x = torch.nn.functional.pad(x, (padding[1], padding[1], padding[0],
+                                                padding[0]), mode=mode)
+                pad = (0, 0)
+            else:
+                pad = padding
+            out_h = (x.shape[2] + 2 * pad[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+            out_w = (x.shape[3] + 2 * pad[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+            positions = max(out_h, 0) * max(out_w, 0)
+            per_image = positions * fan_in * groups * x.element_size()
+            step = max(1, _PATCH_BUDGET // max(per_image, 1))
+            for x_c in x.split(step):  # outputs and patches of a few images at a time
+                y_c = torch.nn.functional.conv2d(x_c, weight, bias, stride=stride,
+                                                 padding=pad, dilation=dilation,
+                                                 groups=groups)
+                cols = torch.nn.functional.unfold(x_c, (kh, kw), dilation=dilation,
+                                                  padding=pad, stride=stride)
+                cols = cols.view(x_c.shape[0], groups, fan_in, positions)
+                ys = y_c.reshape(y_c.shape[0], groups, out_g, positions)
+                for g in range(groups):
+                    stats[g].add(cols[:, g].transpose(1, 2).reshape(-1, fan_in),
+                                 ys[:, g].transpose(1, 2).reshape(-1, out_g))
+    if stats[0].n == 0:
+        raise ShapeError(f"{op}: expected at least one image in X, but got none")
+    wa_g = [weight[g * out_g:(g + 1) * out_g].reshape(out_g, fan_in).mT for g in range(groups)]
+    bias_g = [torch.zeros(out_g, dtype=weight.dtype, device=weight.device) if bias is None
+              else bias[g * out_g:(g + 1) * out_g] for g in range(groups)]
+    total = _merge_variance(stats)
+
+    def nmse_of(maps: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        sse = sum(st.sse(B, b) for st, (B, b) in zip(stats, maps))
+        return sse / (stats[0].n * out_ch) / total if total > 0 else 0.0
+
+    if Wb is not None and k >= Wa.shape[0]:  # already at or below the requested rank
+        return LowRankSolution(Wa.detach(), Wb.detach(), bias, -1,
+                               nmse_of(list(zip(wa_g, bias_g))))
+    parts = [solve_from_stats(stats[g], k_g, wa_g[g], None, bias_g[g]) for g in range(groups)]
+    nmse = nmse_of([(p.Wa if p.Wb is None else p.Wa @ p.Wb, p.bias) for p in parts])
+    new_bias = torch.cat([p.bias for p in parts])
+    if parts[0].rank == -1:  # factorising cannot help: the best single conv
+        w = torch.cat([p.Wa.mT for p in parts]).reshape(out_ch, in_g, kh, kw)
+        return LowRankSolution(w, None, new_bias, -1, nmse)
+    wa = torch.cat([p.Wa.mT for p in parts]).reshape(k, in_g, kh, kw)
+    wb = torch.cat([p.Wb.mT for p in parts]).reshape(out_ch, k_g, 1, 1)
+    return LowRankSolution(wa, wb, new_bias, k, nmse)
+
+
+def _merge_variance(stats: list[OutputStats]) -> float:
+    """Unbiased variance of all outputs of all groups."""
+    count = stats[0].n * sum(st.sy.shape[0] for st in stats)
+    total = sum(float(st.sy.sum()) for st in stats)
+    sq = sum(float(st.syy) for st in stats)
+    mean = total / count
+    return (sq - count * mean * mean) / max(count - 1, 1)
