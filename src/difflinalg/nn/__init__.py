@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from .factorized import FactorizedConv2d, FactorizedLinear
 from .orthogonal import HouseholderOrthogonal, orthogonal
 from .pooling import CovariancePooling
 
-__all__ = ["orthogonal", "HouseholderOrthogonal", "CovariancePooling"]
+__all__ = ["orthogonal", "HouseholderOrthogonal", "CovariancePooling", "FactorizedLinear",
+           "FactorizedConv2d"]
