@@ -37,7 +37,8 @@ import torch
 from ._checks import check_real_floating, check_tensor
 from ._errors import DTypeError, ShapeError, describe
 
-__all__ = ["LowRankSolution", "factorize_matrix", "factorize_conv2d", "OutputStats"]
+__all__ = ["LowRankSolution", "factorize_matrix", "factorize_conv2d", "OutputStats",
+           "ConvPatchStats", "output_spectrum", "solve_from_stats"]
 
 _ACC = torch.float64
 
@@ -336,6 +337,67 @@ def _conv_weights(Wa: torch.Tensor, Wb: torch.Tensor | None, biasA: torch.Tensor
     return weight, bias
 
 
+class ConvPatchStats:
+    """Streamed :class:`OutputStats` of a conv's patches and outputs, one per group.
+
+    ``add(x)`` unfolds a few images of ``x`` at a time (at most 32 MiB of patches), runs
+    the conv on them for the outputs, and accumulates; ``positions`` counts output pixels
+    per image (for FLOP counts).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                 stride: tuple[int, int], padding: tuple[int, int],
+                 dilation: tuple[int, int], groups: int, padding_mode: str) -> None:
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups, self.mode = groups, padding_mode
+        out_ch, in_g, kh, kw = weight.shape
+        self.fan_in, self.out_g = in_g * kh * kw, out_ch // groups
+        self.stats = [OutputStats.empty(self.fan_in, self.out_g, weight.device)
+                      for _ in range(groups)]
+        self.positions = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        kh, kw = self.weight.shape[2:]
+        groups, fan_in, out_g = self.groups, self.fan_in, self.out_g
+        x = x.detach().to(self.weight.dtype)
+        pad = self.padding
+        if self.mode != "zeros":
+            x = torch.nn.functional.pad(x, (pad[1], pad[1], pad[0], pad[0]), mode=self.mode)
+            pad = (0, 0)
+        out_h = (x.shape[2] + 2 * pad[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        out_w = (x.shape[3] + 2 * pad[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        positions = max(out_h, 0) * max(out_w, 0)
+        self.positions = positions
+        per_image = positions * fan_in * groups * x.element_size()
+        step = max(1, _PATCH_BUDGET // max(per_image, 1))
+        for x_c in x.split(step):  # outputs and patches of a few images at a time
+            y_c = torch.nn.functional.conv2d(x_c, self.weight, self.bias, stride=self.stride,
+                                             padding=pad, dilation=self.dilation,
+                                             groups=groups)
+            cols = torch.nn.functional.unfold(x_c, (kh, kw), dilation=self.dilation,
+                                              padding=pad, stride=self.stride)
+            cols = cols.view(x_c.shape[0], groups, fan_in, positions)
+            ys = y_c.reshape(y_c.shape[0], groups, out_g, positions)
+            for g in range(groups):
+                self.stats[g].add(cols[:, g].transpose(1, 2).reshape(-1, fan_in),
+                                  ys[:, g].transpose(1, 2).reshape(-1, out_g))
+
+
+def output_spectrum(stats: OutputStats) -> tuple[torch.Tensor, float]:
+    """``(s^2, sse_full)``: squared singular values (descending) of the whitened
+    cross-covariance and the error of the best full-rank map; the best rank-``k`` map's
+    error is ``sse_full + sum(s^2[k:])`` (every rank at once)."""
+    _, _, gxx, gxy = stats.centred()
+    white = _whitening(gxx)
+    kk = white.mT @ gxy
+    small = kk @ kk.mT if kk.shape[0] <= kk.shape[1] else kk.mT @ kk
+    lam = torch.linalg.eigvalsh(small).flip(-1).clamp_min(0)
+    ybar = stats.sy / stats.n
+    yy = float(stats.syy - stats.n * ybar.square().sum())
+    return lam, max(yy - float(lam.sum()), 0.0)
+
+
 def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
                      Wb: torch.Tensor | None = None, rank: int | float = 0.25,
                      biasA: torch.Tensor | None = None, biasB: torch.Tensor | None = None,
@@ -404,7 +466,7 @@ def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
         raise ShapeError(f"{op}: expected rank to be a multiple of groups={groups} (each "
                          f"group gets rank/groups channels), but got rank={k}")
     k_g = k // groups
-    stats = [OutputStats.empty(fan_in, out_g, Wa.device) for _ in range(groups)]
+    collector = ConvPatchStats(weight, bias, stride, padding, dilation, groups, mode)
     with torch.no_grad():
         for i, x in enumerate(_chunks(op, "X", X)):
             check_tensor(op, "X", x)
@@ -412,29 +474,8 @@ def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
                 raise ShapeError(f"{op}: expected X of shape (N, {in_ch}, H, W) matching Wa "
                                  f"and groups={groups}, but got {describe('X', x)}"
                                  + (f" in chunk {i}" if i else ""))
-            x = x.detach().to(weight.dtype)
-            if mode != "zeros":
-                x = torch.nn.functional.pad(x, (padding[1], padding[1], padding[0],
-                                                padding[0]), mode=mode)
-                pad = (0, 0)
-            else:
-                pad = padding
-            out_h = (x.shape[2] + 2 * pad[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-            out_w = (x.shape[3] + 2 * pad[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-            positions = max(out_h, 0) * max(out_w, 0)
-            per_image = positions * fan_in * groups * x.element_size()
-            step = max(1, _PATCH_BUDGET // max(per_image, 1))
-            for x_c in x.split(step):  # outputs and patches of a few images at a time
-                y_c = torch.nn.functional.conv2d(x_c, weight, bias, stride=stride,
-                                                 padding=pad, dilation=dilation,
-                                                 groups=groups)
-                cols = torch.nn.functional.unfold(x_c, (kh, kw), dilation=dilation,
-                                                  padding=pad, stride=stride)
-                cols = cols.view(x_c.shape[0], groups, fan_in, positions)
-                ys = y_c.reshape(y_c.shape[0], groups, out_g, positions)
-                for g in range(groups):
-                    stats[g].add(cols[:, g].transpose(1, 2).reshape(-1, fan_in),
-                                 ys[:, g].transpose(1, 2).reshape(-1, out_g))
+            collector.add(x)
+    stats = collector.stats
     if stats[0].n == 0:
         raise ShapeError(f"{op}: expected at least one image in X, but got none")
     wa_g = [weight[g * out_g:(g + 1) * out_g].reshape(out_g, fan_in).mT for g in range(groups)]

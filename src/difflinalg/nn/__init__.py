@@ -5,6 +5,7 @@ from __future__ import annotations
 from .factorized import FactorizedConv2d, FactorizedLinear
 from .orthogonal import HouseholderOrthogonal, orthogonal
 from .pooling import CovariancePooling
+from .surgery import FactorizeReport, LayerReport, factorize_model
 
 __all__ = ["orthogonal", "HouseholderOrthogonal", "CovariancePooling", "FactorizedLinear",
-           "FactorizedConv2d"]
+           "FactorizedConv2d", "factorize_model", "FactorizeReport", "LayerReport"]
