@@ -1,6 +1,6 @@
 # The two quick-start commands of the README:
 #   make bench   set up, then run the benchmark CLI's quick suites (reports + charts in
-#                bench-results/householder, bench-results/spectral and bench-results/sqrtm)
+#                bench-results/<suite> for householder, spectral, sqrtm and factorize)
 #   make test    set up, then run the test suite (what .ci/run calls)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,6 +23,7 @@ bench: setup-bench
 	$(VENV)/bin/difflinalg bench householder --preset $(PRESET) --out $(BENCH_OUT)/householder
 	$(VENV)/bin/difflinalg bench spectral --preset $(PRESET) --out $(BENCH_OUT)/spectral
 	$(VENV)/bin/difflinalg bench sqrtm --preset $(PRESET) --out $(BENCH_OUT)/sqrtm
+	$(VENV)/bin/difflinalg bench factorize --preset $(PRESET) --out $(BENCH_OUT)/factorize
 
 lint:
 	$(PY) -m ruff check src tests

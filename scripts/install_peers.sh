@@ -6,6 +6,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
+# Composer (mosaicml) for its factorize module only: --no-deps, so that it never pulls a
+# second torch; the benchmark loads composer/algorithms/factorize/factorize_core.py by path
+if ! "$venv/bin/python" -c "import importlib.util as u; import sys; sys.exit(u.find_spec('composer') is None)" >/dev/null 2>&1; then
+  echo "peers: installing mosaicml (Composer) without dependencies"
+  "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps "mosaicml>=0.20" \
+      >/tmp/difflinalg-peers-composer.log 2>&1 \
+    || echo "peers: mosaicml could not be installed; the factorize benchmark uses a re-implementation"
+fi
 if "$venv/bin/python" -c "import torch_householder" >/dev/null 2>&1; then
   exit 0
 fi

@@ -18,7 +18,7 @@ from types import ModuleType
 
 __all__ = ["SUITE_MODULES", "load_suites"]
 
-SUITE_MODULES: tuple[str, ...] = ("householder", "spectral", "sqrtm")
+SUITE_MODULES: tuple[str, ...] = ("householder", "spectral", "sqrtm", "factorize")
 
 _REQUIRED = ("NAME", "DESCRIPTION", "add_arguments", "run")
 
