@@ -112,6 +112,15 @@ def test_failures_leave_the_model_untouched():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_calibration_runs_in_eval_mode_and_restores_the_mode():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32),
+                              torch.nn.Linear(32, 32)).double()
+    stats = net[1].running_mean.clone()
+    factorize_model(net, [torch.randn(64, 32, dtype=f64) + 3.0], rank=4, progress=False)
+    assert net.training and torch.equal(net[1].running_mean, stats)
+
+
 def test_accepts_dataloader_style_batches_and_reports_progress(capsys):
     net, batches = _setup()
     factorize_model(net, [(b, torch.zeros(16)) for b in batches], rank=8, progress=True)

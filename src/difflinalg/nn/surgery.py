@@ -151,6 +151,8 @@ def _collect(model: torch.nn.Module, layers: list[_Layer],
 
     handles = [layer.module.register_forward_hook(hook_for(layer)) for layer in layers]
     batches = 0
+    was_training = model.training
+    model.eval()  # no batch-norm statistics updated, no dropout: the model is not changed
     try:
         with torch.no_grad():
             for batch in calibration_data:
@@ -160,6 +162,7 @@ def _collect(model: torch.nn.Module, layers: list[_Layer],
                     print(f"\rfactorize_model: calibration batch {batches}", end="",
                           flush=True)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
         if progress and batches:
@@ -215,7 +218,8 @@ def factorize_model(model: torch.nn.Module, calibration_data: Iterable[object], 
     Args:
         model: any ``nn.Module``; modified in place (only if every step succeeds).
         calibration_data: an iterable of input batches (tensors, or tuples whose first item
-            is the input, like a ``DataLoader``'s), run once through the model.
+            is the input, like a ``DataLoader``'s), run once through the model in eval mode
+            (its train/eval mode is restored afterwards).
         rank: every candidate layer at this rank (an int, or a fraction of
             ``min(in, out)`` features or channels; layers where it would not save parameters
             are kept); or, instead, a budget:
