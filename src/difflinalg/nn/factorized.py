@@ -104,9 +104,8 @@ class FactorizedLinear(torch.nn.Module):
               rank: int, calibration: Calibration) -> None:
         if calibration is not None:
             sol = factorize_matrix(calibration, None, wa, wb, bias=bias, rank=rank)
-            if sol.Wb is None:  # rank >= min(in, out), or already small enough
-                full = sol.Wa if sol.Wb is None else sol.Wa @ sol.Wb
-                u, s, vh = torch.linalg.svd(full, full_matrices=False)
+            if sol.Wb is None:  # rank >= min(in, out): split the fitted single matrix
+                u, s, vh = torch.linalg.svd(sol.Wa, full_matrices=False)
                 a, b_mat = u[:, :rank] * s[:rank].sqrt(), s[:rank].sqrt()[:, None] * vh[:rank]
             else:
                 a, b_mat = sol.Wa, sol.Wb
