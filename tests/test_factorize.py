@@ -261,3 +261,62 @@ def test_conv_bad_input():
         factorize_conv2d(X, W[0], rank=4)
     with pytest.raises(ValueError, match=r"^factorize_conv2d: expected numeric padding"):
         factorize_conv2d(X, W, rank=4, groups=2, padding="same")
+
+
+# ------------------------------------------------------- the edge cases Composer's tests pin
+@pytest.mark.parametrize("op", ["linear", "conv2d"])
+@pytest.mark.parametrize("c_in,c_now,c_new,c_out", [(16, 16, 16, 16), (16, 8, 4, 16),
+                                                    (16, 8, 12, 16), (16, 16, 32, 16),
+                                                    (16, 16, 16, 8), (32, 16, 16, 16)])
+@pytest.mark.parametrize("factorised", [False, True])
+def test_composer_shape_conventions(op, c_in, c_now, c_new, c_out, factorised):
+    """Single matrix when the rank cannot help (checked first), the input unchanged when it
+    is already at or below the rank, else factors of the requested rank; nmse < 1 even when
+    underdetermined (a 4 x 4 image gives 4 patches of 288 values)."""
+    torch.manual_seed(123)
+    if op == "linear":
+        X = torch.randn(100, c_in)
+        bias = torch.randn(c_out)
+        if factorised:
+            Wa, Wb = torch.randn(c_in, c_now), torch.randn(c_now, c_out)
+            Y = X @ Wa @ Wb + bias
+        else:
+            Wa, Wb = torch.randn(c_in, c_out), None
+            Y = X @ Wa + bias
+        sol = factorize_matrix(X, Y, Wa, Wb, bias=bias, rank=c_new, n_iters=2)
+        in_dim, out_dim = 0, 1
+    else:
+        X = torch.randn(1, c_in, 4, 4)
+        if factorised:
+            Wa, Wb = torch.randn(c_now, c_in, 3, 3), torch.randn(c_out, c_now, 1, 1)
+            sol = factorize_conv2d(X, Wa, Wb, rank=c_new, biasA=torch.randn(c_now),
+                                   biasB=torch.randn(c_out))
+        else:
+            sol = factorize_conv2d(X, torch.randn(c_out, c_in, 3, 3), rank=c_new,
+                                   biasA=torch.randn(c_out))
+        in_dim, out_dim = 1, 0
+    if c_new >= c_in or c_new >= c_out:
+        assert sol.Wb is None and sol.rank == -1
+        assert sol.Wa.shape[in_dim] == c_in and sol.Wa.shape[out_dim] == c_out
+    elif factorised and c_new >= c_now:
+        assert sol.Wa.shape[in_dim] == c_in and sol.Wa.shape[out_dim] == c_now
+    else:
+        assert sol.rank == c_new and sol.bias.shape == (c_out,)
+        assert sol.Wa.shape[in_dim] == c_in and sol.Wa.shape[out_dim] == c_new
+        assert sol.Wb.shape[in_dim] == c_new and sol.Wb.shape[out_dim] == c_out
+    assert sol.nmse < 1.0
+
+
+@pytest.mark.parametrize("op", ["linear", "conv2d"])
+def test_more_latent_dimensions_never_hurt(op):
+    torch.manual_seed(123)
+    prev = float("inf")
+    X = torch.randn(100, 32) if op == "linear" else torch.randn(2, 32, 6, 6)
+    W = torch.randn(32, 64) if op == "linear" else torch.randn(24, 32, 3, 3)
+    for rank in (1, 4, 16, 32):
+        if op == "linear":
+            nmse = factorize_matrix(X, X @ W, W, rank=rank).nmse
+        else:
+            nmse = factorize_conv2d(X, W, rank=rank).nmse
+        assert nmse <= prev + 1e-8
+        prev = nmse

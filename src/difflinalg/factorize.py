@@ -268,7 +268,9 @@ def solve_from_stats(stats: OutputStats, k: int, Wa: torch.Tensor, Wb: torch.Ten
         mse = stats.sse(B, b) / (stats.n * m_out)
         return mse / var if var > 0 else 0.0
 
-    if Wb is not None and k >= Wa.shape[1]:  # already at or below the requested rank
+    # Composer's order: a rank that cannot help returns the best single matrix first; only
+    # then does a rank at or above the current factorisation return it unchanged
+    if Wb is not None and k < d_in and k < m_out and k >= Wa.shape[1]:
         B = (Wa.detach() @ Wb.detach()).to(_ACC)
         b = torch.zeros(m_out, dtype=_ACC, device=device) if bias is None else bias.to(_ACC)
         return LowRankSolution(Wa.detach(), Wb.detach(), None if bias is None else bias.detach(),
@@ -487,7 +489,8 @@ def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
         sse = sum(st.sse(B, b) for st, (B, b) in zip(stats, maps))
         return sse / (stats[0].n * out_ch) / total if total > 0 else 0.0
 
-    if Wb is not None and k >= Wa.shape[0]:  # already at or below the requested rank
+    single = k_g >= fan_in or k_g >= out_g  # factorising cannot help: checked first
+    if Wb is not None and not single and k >= Wa.shape[0]:  # already at or below the rank
         return LowRankSolution(Wa.detach(), Wb.detach(), bias, -1,
                                nmse_of(list(zip(wa_g, bias_g))))
     parts = [solve_from_stats(stats[g], k_g, wa_g[g], None, bias_g[g]) for g in range(groups)]
