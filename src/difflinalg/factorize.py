@@ -38,7 +38,8 @@ from ._checks import check_real_floating, check_tensor
 from ._errors import DTypeError, ShapeError, describe
 
 __all__ = ["LowRankSolution", "factorize_matrix", "factorize_conv2d", "OutputStats",
-           "ConvPatchStats", "output_spectrum", "solve_from_stats"]
+           "ConvPatchStats", "output_spectrum", "solve_from_stats", "pooled_variance",
+           "conv_group_maps", "join_conv_factors", "compose_conv_factors"]
 
 _ACC = torch.float64
 
@@ -113,9 +114,7 @@ class OutputStats:
 
     def variance(self) -> float:
         """Unbiased variance of all elements of Y (Composer's ``Y.var()``)."""
-        count = self.n * self.sy.shape[0]
-        mean = self.sy.sum() / count
-        return float((self.syy - count * mean * mean) / max(count - 1, 1))
+        return pooled_variance([self])
 
     def sse(self, B: torch.Tensor, b: torch.Tensor) -> float:
         """``||Y - X B - 1 b^T||_F^2`` of any map ``(B, b)``, from the statistics alone."""
@@ -126,6 +125,37 @@ class OutputStats:
         value = (self.syy - 2.0 * cross - 2.0 * b @ self.sy + quad
                  + 2.0 * b @ (B.mT @ self.sx) + self.n * b.square().sum())
         return max(float(value), 0.0)
+
+
+def pooled_variance(stats: list[OutputStats]) -> float:
+    """Unbiased variance of all output elements of ``stats`` taken together (the groups of a
+    conv share their samples)."""
+    count = sum(st.n * st.sy.shape[0] for st in stats)
+    total = sum(float(st.sy.sum()) for st in stats)
+    sq = sum(float(st.syy) for st in stats)
+    return (sq - total * total / count) / max(count - 1, 1)
+
+
+def conv_group_maps(weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per group, the conv as a ``(fan_in, out/groups)`` matrix and its bias (zeros if none)."""
+    out_g = weight.shape[0] // groups
+    maps = []
+    for g in range(groups):
+        w = weight[g * out_g:(g + 1) * out_g].reshape(out_g, -1).mT
+        b = (torch.zeros(out_g, dtype=weight.dtype, device=weight.device) if bias is None
+             else bias[g * out_g:(g + 1) * out_g])
+        maps.append((w, b))
+    return maps
+
+
+def join_conv_factors(parts: list[LowRankSolution], weight_shape: torch.Size, rank: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-group factors -> ``(Wa (rank, in/g, kh, kw), Wb (out, rank/g, 1, 1), bias)``."""
+    groups = len(parts)
+    wa = torch.cat([p.Wa.mT for p in parts]).reshape(rank, *weight_shape[1:])
+    wb = torch.cat([p.Wb.mT for p in parts]).reshape(weight_shape[0], rank // groups, 1, 1)
+    return wa, wb, torch.cat([p.bias for p in parts])
 
 
 def _chunks(op: str, name: str, data: torch.Tensor | Iterable[torch.Tensor]
@@ -316,7 +346,7 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _conv_weights(Wa: torch.Tensor, Wb: torch.Tensor | None, biasA: torch.Tensor | None,
+def compose_conv_factors(Wa: torch.Tensor, Wb: torch.Tensor | None, biasA: torch.Tensor | None,
                   biasB: torch.Tensor | None, groups: int
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conv as one ``(out, in/groups, kh, kw)`` weight and bias (``Wb`` composed)."""
@@ -454,7 +484,7 @@ def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
                          f"Wa.shape[0] = {Wa.shape[0]}, but got {describe('Wb', Wb)}")
     if biasB is not None and Wb is None:
         raise ShapeError(f"{op}: got biasB but Wb=None; expected biasB only with Wb")
-    weight, bias = _conv_weights(Wa.detach(), None if Wb is None else Wb.detach(),
+    weight, bias = compose_conv_factors(Wa.detach(), None if Wb is None else Wb.detach(),
                                  None if biasA is None else biasA.detach(),
                                  None if biasB is None else biasB.detach(), groups)
     out_ch, in_g, kh, kw = weight.shape
@@ -480,10 +510,8 @@ def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
     stats = collector.stats
     if stats[0].n == 0:
         raise ShapeError(f"{op}: expected at least one image in X, but got none")
-    wa_g = [weight[g * out_g:(g + 1) * out_g].reshape(out_g, fan_in).mT for g in range(groups)]
-    bias_g = [torch.zeros(out_g, dtype=weight.dtype, device=weight.device) if bias is None
-              else bias[g * out_g:(g + 1) * out_g] for g in range(groups)]
-    total = _merge_variance(stats)
+    maps = conv_group_maps(weight, bias, groups)
+    total = pooled_variance(stats)
 
     def nmse_of(maps: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         sse = sum(st.sse(B, b) for st, (B, b) in zip(stats, maps))
@@ -491,23 +519,12 @@ def factorize_conv2d(X: torch.Tensor | Iterable[torch.Tensor], Wa: torch.Tensor,
 
     single = k_g >= fan_in or k_g >= out_g  # factorising cannot help: checked first
     if Wb is not None and not single and k >= Wa.shape[0]:  # already at or below the rank
-        return LowRankSolution(Wa.detach(), Wb.detach(), bias, -1,
-                               nmse_of(list(zip(wa_g, bias_g))))
-    parts = [solve_from_stats(stats[g], k_g, wa_g[g], None, bias_g[g]) for g in range(groups)]
+        return LowRankSolution(Wa.detach(), Wb.detach(), bias, -1, nmse_of(maps))
+    parts = [solve_from_stats(st, k_g, w, None, b) for st, (w, b) in zip(stats, maps)]
     nmse = nmse_of([(p.Wa if p.Wb is None else p.Wa @ p.Wb, p.bias) for p in parts])
     new_bias = torch.cat([p.bias for p in parts])
     if parts[0].rank == -1:  # factorising cannot help: the best single conv
         w = torch.cat([p.Wa.mT for p in parts]).reshape(out_ch, in_g, kh, kw)
         return LowRankSolution(w, None, new_bias, -1, nmse)
-    wa = torch.cat([p.Wa.mT for p in parts]).reshape(k, in_g, kh, kw)
-    wb = torch.cat([p.Wb.mT for p in parts]).reshape(out_ch, k_g, 1, 1)
+    wa, wb, new_bias = join_conv_factors(parts, weight.shape, k)
     return LowRankSolution(wa, wb, new_bias, k, nmse)
-
-
-def _merge_variance(stats: list[OutputStats]) -> float:
-    """Unbiased variance of all outputs of all groups."""
-    count = stats[0].n * sum(st.sy.shape[0] for st in stats)
-    total = sum(float(st.sy.sum()) for st in stats)
-    sq = sum(float(st.syy) for st in stats)
-    mean = total / count
-    return (sq - count * mean * mean) / max(count - 1, 1)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .._errors import ShapeError
-from ..factorize import factorize_conv2d, factorize_matrix
+from ..factorize import compose_conv_factors, factorize_conv2d, factorize_matrix
 
 __all__ = ["FactorizedLinear", "FactorizedConv2d"]
 
@@ -221,10 +221,7 @@ class FactorizedConv2d(torch.nn.Module):
                 self.conv_b.bias.copy_(new_bias)
 
     def _compose(self, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-        g, out, r = self.groups, wb.shape[0], wa.shape[0]
-        blocks = [wb[i * out // g:(i + 1) * out // g].flatten(1)
-                  @ wa[i * r // g:(i + 1) * r // g].flatten(1) for i in range(g)]
-        return torch.cat(blocks).reshape(out, *wa.shape[1:])
+        return compose_conv_factors(wa, wb, None, None, self.groups)[0]
 
     def _svd_split(self, w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         g, out = self.groups, w.shape[0]

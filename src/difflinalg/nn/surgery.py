@@ -16,7 +16,15 @@ from collections.abc import Iterable
 import torch
 
 from .._errors import ShapeError
-from ..factorize import ConvPatchStats, OutputStats, output_spectrum, solve_from_stats
+from ..factorize import (
+    ConvPatchStats,
+    OutputStats,
+    conv_group_maps,
+    join_conv_factors,
+    output_spectrum,
+    pooled_variance,
+    solve_from_stats,
+)
 from .factorized import FactorizedConv2d, FactorizedLinear
 
 __all__ = ["factorize_model", "FactorizeReport", "LayerReport"]
@@ -258,17 +266,12 @@ def factorize_model(model: torch.nn.Module, calibration_data: Iterable[object], 
     for layer in layers:
         stats = layer.collector.stats if layer.collector is not None else [layer.stats]
         layer.stats = stats
-        count = 0.0
-        sy = sq = 0.0
         for st in stats:
             lam, floor = output_spectrum(st)
             layer.spectra.append(lam)
             layer.floor += floor
-            count += st.n * st.sy.shape[0]
-            sy += float(st.sy.sum())
-            sq += float(st.syy)
-        var = (sq - sy * sy / count) / max(count - 1, 1)
-        layer.var_count = var * count
+        count = sum(st.n * st.sy.shape[0] for st in stats)
+        layer.var_count = pooled_variance(stats) * count
     all_params = sum(p.numel() for p in model.parameters())
     other_params = all_params - sum(layer.cost(None)[0] for layer in layers)
     flops_before_layers = sum(layer.cost(None)[1] for layer in layers)
@@ -320,21 +323,16 @@ def _build(layer: _Layer, rank: int) -> torch.nn.Module:
             if new.bias is not None:
                 new.bias.copy_(sol.bias)
         return new
-    out_g = m.out_channels // g
-    fan_in = layer.dims()[0] // g
-    parts = []
-    for i, st in enumerate(layer.stats):
-        wa = w[i * out_g:(i + 1) * out_g].reshape(out_g, fan_in).mT
-        b = None if m.bias is None else m.bias.detach()[i * out_g:(i + 1) * out_g]
-        parts.append(solve_from_stats(st, rank // g, wa, None, b))
+    maps = conv_group_maps(w, None if m.bias is None else m.bias.detach(), g)
+    parts = [solve_from_stats(st, rank // g, wa, None, b)
+             for st, (wa, b) in zip(layer.stats, maps)]
+    wa, wb, bias = join_conv_factors(parts, w.shape, rank)
     new = FactorizedConv2d(m.in_channels, m.out_channels, m.kernel_size, rank, m.stride,
                            m.padding, m.dilation, g, m.bias is not None, m.padding_mode,
                            device=w.device, dtype=w.dtype)
     with torch.no_grad():
-        new.conv_a.weight.copy_(torch.cat([p.Wa.mT for p in parts]).reshape(
-            rank, *w.shape[1:]))
-        new.conv_b.weight.copy_(torch.cat([p.Wb.mT for p in parts]).reshape(
-            m.out_channels, rank // g, 1, 1))
+        new.conv_a.weight.copy_(wa)
+        new.conv_b.weight.copy_(wb)
         if new.conv_b.bias is not None:
-            new.conv_b.bias.copy_(torch.cat([p.bias for p in parts]))
+            new.conv_b.bias.copy_(bias)
     return new
