@@ -470,15 +470,15 @@ def test_lowmem_backward_matches_general_path(m, n, k, with_tau, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-# Tall reflector blocks (m >= 4k) take the straight-line _orgqr_backward_tall.
+# Tall reflector blocks (m >= 4k) take the straight-line _orgqr_backward_whole.
 @pytest.mark.parametrize("batch,m,n,k", [((), 12, 3, 3), ((3,), 16, 4, 4), ((), 13, 5, 3),
                                          ((2, 1), 8, 2, 2), ((2, 1, 2), 9, 2, 2)])
 @pytest.mark.parametrize("with_tau", [True, False])
 def test_tall_backward_gradcheck_and_matches_general_path(batch, m, n, k, with_tau,
                                                          monkeypatch):
     calls = []
-    real = _householder._orgqr_backward_tall
-    monkeypatch.setattr(_householder, "_orgqr_backward_tall",
+    real = _householder._orgqr_backward_whole
+    monkeypatch.setattr(_householder, "_orgqr_backward_whole",
                         lambda *a: calls.append(1) or real(*a))
     A, tau = _inputs(batch, m, n, k, requires_grad=True)
     if not with_tau:

@@ -512,20 +512,16 @@ def _lowmem_block(m: int, k: int) -> tuple[bool, int]:
 
 
 class _ReflectorMatrix:
-    """Products with V (*, m, k) without forming it when ``nb < k`` (unit lower case).
+    """Products with unit-lower V (*, m, k) without forming it, in row blocks of ``nb``.
 
     V = tril(A, -1) + I on its first k columns. Rows ``i0:i1`` of V restricted to columns
     ``:c1`` (c1 <= i1) are ``A[i0:i1, :c1]`` below the diagonal, ones on it and zeros above;
     rows ``>= k`` are ``A`` itself. Only such row blocks (at most nb x k) are materialised.
-    With ``unit_lower=False`` V is the caller's tensor and every product is one GEMM.
     """
 
-    def __init__(self, v_in: torch.Tensor, k: int, unit_lower: bool, blocked: bool,
-                 nb: int) -> None:
+    def __init__(self, v_in: torch.Tensor, k: int, nb: int) -> None:
         self.k, self.m, self.nb = k, v_in.shape[-2], nb
         self.a = v_in[..., :k] if v_in.shape[-1] != k else v_in
-        self.blocked = unit_lower and blocked
-        self.full = None if self.blocked else _build_v(v_in, k, unit_lower)
 
     def diag_block(self, j0: int, j1: int) -> torch.Tensor:
         """V[j0:j1, j0:j1] (unit lower triangular) as a fresh tensor; V[j0:j1, :j0] is A."""
@@ -539,8 +535,6 @@ class _ReflectorMatrix:
     def gram(self) -> torch.Tensor:
         """V^T V (*, k, k); blocked: column block J of the upper part is
         V[j0:, :j1]^T V[j0:, J], the lower part is copied from it."""
-        if not self.blocked:
-            return self.full.mT @ self.full
         a, k = self.a, self.k
         s = a.new_zeros(*a.shape[:-2], k, k)
         for j0, j1 in self.starts():
@@ -557,16 +551,12 @@ class _ReflectorMatrix:
 
     def top_t(self, n: int) -> torch.Tensor:
         """A fresh copy of V[:n]^T (*, k, n)."""
-        if not self.blocked:
-            return self.full[..., :n, :].mT.clone(memory_format=torch.contiguous_format)
         t = self.a[..., :n, :].mT.clone(memory_format=torch.contiguous_format).triu_(1)
         t.diagonal(dim1=-2, dim2=-1).fill_(1.0)
         return t
 
     def gt_v(self, g: torch.Tensor) -> torch.Tensor:
         """G^T V (*, n, k) for G (*, m, n); column block J reads rows j0: of G."""
-        if not self.blocked:
-            return g.mT @ self.full
         a = self.a
         out = g.new_zeros(*g.shape[:-2], g.shape[-1], self.k)
         for j0, j1 in self.starts():
@@ -578,9 +568,6 @@ class _ReflectorMatrix:
 
     def add_v_times_(self, out: torch.Tensor, w: torch.Tensor) -> None:
         """out += V w for w (*, k, c), in place, row block by row block."""
-        if not self.blocked:
-            tri.addmm_into(out, self.full, w)
-            return
         a, k, m = self.a, self.k, self.m
         for i0, i1 in self.starts():
             rows = out[..., i0:i1, :]
@@ -591,31 +578,44 @@ class _ReflectorMatrix:
             tri.addmm_into(out[..., k:, :], a[..., k:, :], w)
 
 
-def _orgqr_backward_tall(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.Tensor,
-                         k: int, n: int, need_v: bool, need_tau: bool
-                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """:func:`_orgqr_backward_lowmem` for unit-lower reflectors with V formed whole.
+def _orgqr_backward_whole(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.Tensor,
+                          k: int, n: int, unit_lower: bool, eps: float, need_v: bool,
+                          need_tau: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`_orgqr_backward_lowmem` with V formed whole (or read from the caller's tensor
+    when its columns are the reflectors, ``unit_lower=False``).
 
-    Taken when V is tall (m >= 4k: every k x k temporary is at most a quarter of the
-    output). Same formulas, written as one straight line of about twenty kernels with no
-    per-block bookkeeping: at small sizes (d*r of a few thousand) the backward is bound by
-    the cost of launching kernels, not by flops, and this halves it. Works on any batch
-    shape through ``matmul`` broadcasting; more than one batch dim is flattened first.
+    Taken for whole-column reflectors and for tall unit-lower ones (m >= 4k: every k x k
+    temporary is at most a quarter of the output). Same formulas, written as one straight
+    line of about twenty kernels with no per-block bookkeeping: at small sizes (d*r of a few
+    thousand) the backward is bound by the cost of launching kernels, not by flops. Works on
+    any batch shape through ``matmul`` broadcasting; more than one batch dim is flattened.
     """
     if a.dim() > 3:
-        grad_v, grad_tau = _orgqr_backward_tall(
+        grad_v, grad_tau = _orgqr_backward_whole(
             a.reshape(-1, *a.shape[-2:]),
             None if tau_in is None else tau_in.reshape(-1, tau_in.shape[-1]),
-            g.reshape(-1, *g.shape[-2:]), k, n, need_v, need_tau)
+            g.reshape(-1, *g.shape[-2:]), k, n, unit_lower, eps, need_v, need_tau)
         return (None if grad_v is None else grad_v.reshape(a.shape),
                 None if grad_tau is None else grad_tau.reshape(tau_in.shape))
     wide = a.shape[-1] != k
-    v = (a.narrow(-1, 0, k) if wide else a).tril(-1)
-    v.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    v = a.narrow(-1, 0, k) if wide else a              # the caller's tensor: read only
+    if unit_lower:
+        v = v.tril(-1)
+        v.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     s = v.mT @ v
-    # S = V^T V: its diagonal gives the exact tau = 2 / ||v_j||^2; D S (N - I) lies in the
-    # strict upper triangle and (S D)^T (N'^T - I) in the strict lower one
-    tau = s.diagonal(dim1=-2, dim2=-1).reciprocal().mul_(2.0) if tau_in is None else tau_in
+    # S = V^T V: its diagonal gives the exact tau = 2 / ||v_j||^2 (norms clamped below by
+    # eps for whole columns, whose clamped entries get no diagonal term); D S (N - I) lies
+    # in the strict upper triangle and (S D)^T (N'^T - I) in the strict lower one
+    active = None
+    if tau_in is not None:
+        tau = tau_in
+    elif unit_lower:
+        tau = s.diagonal(dim1=-2, dim2=-1).reciprocal().mul_(2.0)
+    else:
+        sq = s.diagonal(dim1=-2, dim2=-1)
+        active = sq > eps * eps
+        tau = 2.0 / sq.clamp_min(eps * eps)
+        del sq  # a view of S
     s.mul_(tau.unsqueeze(-1))
     r_bt = g.mT @ v                                   # R_b^T = G^T V N^{-1}
     torch.linalg.solve_triangular(s, r_bt, upper=True, left=False, unitriangular=True,
@@ -634,19 +634,26 @@ def _orgqr_backward_tall(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.
     r_bt.mul_(tau_row)                                # Z^T
     r_at.mul_(tau_row)                                # C^T
     w = r_bt.mT @ r_at                                # Z C^T
-    gv = g @ r_at                                     # G C^T + E Z^T
-    gv.narrow(-2, 0, n).add_(r_bt)
+    if g.shape[-2] == n and g.shape[:-2] == r_bt.shape[:-2]:
+        tri.addmm_into(r_bt, g, r_at)                 # square: E Z^T fills dL/dV
+        gv = r_bt
+    else:
+        gv = g @ r_at                                 # G C^T + E Z^T
+        gv.narrow(-2, 0, n).add_(r_bt)
     del r_bt, r_at
     upper = w.triu(1)                                 # w_sym = striu(w) + striu(w)^T + diag(w)
     w.triu_().add_(upper.mT)
     del upper
     if tau_in is not None:
         w.diagonal(dim1=-2, dim2=-1).zero_()
+    elif active is not None:
+        w.diagonal(dim1=-2, dim2=-1).mul_(active.to(w.dtype))
     if gv.dim() == 2:
         gv.addmm_(v, w, beta=-1.0)                    # dL/dV = V w_sym - (G C^T + E Z^T)
     else:
         gv.baddbmm_(v, w, beta=-1.0)
-    gv.narrow(-2, 0, k).tril_(-1)                     # only the strictly lower part is read
+    if unit_lower:
+        gv.narrow(-2, 0, k).tril_(-1)                 # only the strictly lower part is read
     if wide:
         out = gv.new_zeros(a.shape)
         out.narrow(-1, 0, k).copy_(gv)
@@ -657,9 +664,14 @@ def _orgqr_backward_tall(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch.
 def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: torch.Tensor,
                            k: int, n: int, unit_lower: bool, eps: float, need_v: bool,
                            need_tau: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(dL/dv_in, dL/dtau) for Y = Q E; same formulas as HouseholderApply.backward."""
-    if unit_lower and 4 * k <= v_in.shape[-2] and not _lowmem_block(v_in.shape[-2], k)[0]:
-        return _orgqr_backward_tall(v_in, tau_in, g, k, n, need_v, need_tau)
+    """(dL/dv_in, dL/dtau) for Y = Q E; same formulas as HouseholderApply.backward.
+
+    Whole-column reflectors and tall V go to :func:`_orgqr_backward_whole`; what remains
+    here is the unit-lower case with V handled in row blocks, never formed whole.
+    """
+    if not unit_lower or not _lowmem_block(v_in.shape[-2], k)[0]:
+        return _orgqr_backward_whole(v_in, tau_in, g, k, n, unit_lower, eps, need_v,
+                                     need_tau)
     batch = v_in.shape[:-2]
     if len(batch) > 1 or (batch and batch[0] == 1):
         # one batch dim at most, none for a single matrix: fewer views per op, mm not bmm
@@ -672,23 +684,12 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
         return (None if grad_v is None else grad_v.reshape(v_in.shape),
                 None if grad_tau is None else grad_tau.reshape(tau_in.shape))
     m = v_in.shape[-2]
-    blocked, nb = _lowmem_block(m, k)
-    vm = _ReflectorMatrix(v_in, k, unit_lower, blocked, nb)
+    _, nb = _lowmem_block(m, k)
+    vm = _ReflectorMatrix(v_in, k, nb)
     # V^T V = S + S^T + diag(||v_j||^2); the diagonal gives the exact tau (float32 sums are
     # enough for the gradient; the forward's float64 care is about orthogonality)
     s = vm.gram()
-    active = None
-    if tau_in is not None:
-        tau = tau_in
-    else:
-        sq = s.diagonal(dim1=-2, dim2=-1)
-        if unit_lower:
-            tau = 2.0 / sq
-        else:
-            floor = eps * eps
-            active = sq > floor
-            tau = 2.0 / sq.clamp_min(floor)
-        del sq  # a view of S
+    tau = tau_in if tau_in is not None else 2.0 / s.diagonal(dim1=-2, dim2=-1)
     # Scaling the rows by tau puts D S (N - I) in the strict upper triangle and (S D)^T
     # (N'^T - I) in the strict lower one: one k x k buffer serves both solves, since a unit
     # triangular solve reads one strict triangle only.
@@ -712,10 +713,10 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
     # With Z^T = R_b^T D and C = D R_a: D M D = -Z C^T; its strict upper part is P and its
     # diagonal the exact-tau term coef, so with w = Z C^T
     #   dL/dV = -(G C^T + E Z^T) + V w_sym,  w_sym = striu(w) + striu(w)^T + diag(w)
-    # with the diagonal kept for tau=None only (and not where the norm was clamped).
+    # with the diagonal kept for tau=None only.
     r_bt.mul_(tau_row)                 # Z^T
-    r_a.mul_(tau_col)                  # C (upper trapezoidal when unit_lower)
-    snb = _structured_block(k, unit_lower)
+    r_a.mul_(tau_col)                  # C (upper trapezoidal)
+    snb = _structured_block(k, True)
     w = tri.mm_lower_right_into(r_bt.mT, r_a.mT, snb)   # Z C^T = -W
     if m == n and r_bt.is_contiguous():
         gv = r_bt                      # E Z^T fills the whole of dL/dV
@@ -730,8 +731,6 @@ def _orgqr_backward_lowmem(v_in: torch.Tensor, tau_in: torch.Tensor | None, g: t
     del upper
     if tau_in is not None:
         w.diagonal(dim1=-2, dim2=-1).zero_()
-    elif active is not None:
-        w.diagonal(dim1=-2, dim2=-1).mul_(active.to(w.dtype))
     vm.add_v_times_(gv, w)
     del w, vm
-    return _scatter_v_grad(gv, v_in, unit_lower), grad_tau
+    return _scatter_v_grad(gv, v_in, True), grad_tau
