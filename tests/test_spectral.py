@@ -210,6 +210,36 @@ def test_eigh_gradient_finite_where_torch_is_nan():
     torch.testing.assert_close(trace_grad, torch.eye(4, dtype=f64).expand(2, 4, 4))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_eigh_fast_path_equals_masked_rule(symmetric):
+    """Unclustered CPU spectra take torch's own eigh node; same values and gradients as the
+    masked rule (compute_dtype=float64 on a float64 input forces the latter), also for a
+    non-symmetric input, whose gradient is symmetric."""
+    A0 = torch.randn(3, 6, 6, dtype=f64)
+    if symmetric:
+        A0 = A0 + A0.mT
+    GL, GV = torch.randn(3, 6, dtype=f64), torch.randn(3, 6, 6, dtype=f64)
+    grads, outs = [], []
+    for kw in ({}, {"compute_dtype": f64}):
+        A = A0.clone().requires_grad_()
+        L, V = dl.eigh(A, **kw)
+        outs.append((L.detach(), V.detach()))
+        grads.append(torch.autograd.grad((L * GL).sum() + (V * GV).sum(), A)[0])
+        assert ("LinalgEigh" in type(L.grad_fn).__name__) == (not kw)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads[0], grads[0].mT)
+    assert torch.equal(A0, A0.clone())  # the caller's tensor is untouched
+
+
+def test_eigh_clustered_spectrum_leaves_the_fast_path():
+    A = symmetric_with_spectrum(torch.tensor([1.0, 2.0, 2.0, 3.0], dtype=f64)).requires_grad_()
+    L, V = dl.eigh(A)
+    assert "LinalgEigh" not in type(L.grad_fn).__name__
+    (g,) = torch.autograd.grad((V * torch.randn(4, 4, dtype=f64)).sum(), A)
+    assert torch.isfinite(g).all()
+
+
 def test_eigh_exact_for_projector_of_separated_top_block():
     """Top-3 eigenspace of a spectrum with a tripled top eigenvalue (and a repeated bottom)."""
     A = symmetric_with_spectrum(torch.tensor([0.5, 1.0, 1.0, 4.0, 4.0, 4.0], dtype=f64))
