@@ -216,8 +216,9 @@ def eigh(A: torch.Tensor, *, k: int | None = None, largest: bool = True,
     no ``compute_dtype``, no two eigenvalues within the tolerance) it is term for term the
     formula of torch's eigh backward, so on the CPU that node itself records the gradient
     (it runs without the per-call Python cost of a custom backward). Double backward is
-    exact where the eigenvalues are distinct when all pairs are returned; with ``k`` or a different ``compute_dtype`` the
-    saved decomposition is held constant in the second derivative.
+    exact where the eigenvalues are distinct when all pairs are returned; with ``k`` or a
+    different ``compute_dtype`` the saved decomposition is held constant in the second
+    derivative.
 
     References:
         J. R. Magnus, "On differentiating eigenvalues and eigenvectors", Econometric Theory
