@@ -215,9 +215,41 @@ def blocked_apply(v: torch.Tensor, tau: torch.Tensor, x: torch.Tensor | None, n_
     return y
 
 
+def _orgqr_whole_one_block(v: torch.Tensor, tau: torch.Tensor | None,
+                           eps: float) -> torch.Tensor:
+    """Y = Q E for whole-column reflectors V (*, m, k), k <= 96, as one straight line.
+
+    One compact-WY block: Y = E - V T V[:k]^T with T = N^{-1} D, N = I + D striu(V^T V).
+    The exact tau comes from the diagonal of V^T V, which N needs anyway: the gram's float32
+    diagonal is accurate to a few ulps of ||v||^2 (no ``1 + small`` sum here, unlike the
+    unit-lower case), so tau ||v||^2 = 2 holds to working precision. About a dozen kernels:
+    at d r of a few thousand the forward is bound by their launch cost, not by flops.
+    """
+    if v.dim() > 2 and v.shape[:-2].numel() == 1:  # one matrix: mm, not bmm (~1.3x here)
+        lead = v.shape[:-2]
+        y = _orgqr_whole_one_block(v.reshape(v.shape[-2:]),
+                                   None if tau is None else tau.reshape(-1), eps)
+        return y.reshape(lead + y.shape)
+    k = v.shape[-1]
+    s = v.mT @ v
+    if tau is None:
+        tau = s.diagonal(dim1=-2, dim2=-1).clamp_min(eps * eps).reciprocal_().mul_(2.0)
+    d = tau.unsqueeze(-1)
+    n = s.triu_(1).mul_(d)
+    n.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    c = torch.linalg.solve_triangular(n, v[..., :k, :].mT * d, upper=True, unitriangular=True)
+    y = torch.matmul(v, c).neg_()
+    y.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return y
+
+
 def _forward(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
              n_cols: int, unit_lower: bool, transpose: bool, eps: float,
              k: int) -> torch.Tensor:
+    if (x is None and not unit_lower and not transpose and k == v_in.shape[-1] == n_cols
+            and k <= 96):
+        with no_tf32(v_in):
+            return _orgqr_whole_one_block(v_in, tau, eps)
     if _use_lapack_forward(v_in, x, unit_lower, transpose):
         if tau is None:
             tau = _exact_tau_unit_lower(v_in if k == v_in.shape[-1] else v_in[..., :k])
@@ -590,11 +622,13 @@ def _orgqr_backward_whole(a: torch.Tensor, tau_in: torch.Tensor | None, g: torch
     thousand) the backward is bound by the cost of launching kernels, not by flops. Works on
     any batch shape through ``matmul`` broadcasting; more than one batch dim is flattened.
     """
-    if a.dim() > 3:
+    if a.dim() > 3 or (a.dim() == 3 and a.shape[0] == 1):
+        # one batch dim at most, none for a single matrix (mm, not bmm: ~1.25x at 256 x 16)
+        lead = (-1,) if a.shape[:-2].numel() > 1 else ()
         grad_v, grad_tau = _orgqr_backward_whole(
-            a.reshape(-1, *a.shape[-2:]),
-            None if tau_in is None else tau_in.reshape(-1, tau_in.shape[-1]),
-            g.reshape(-1, *g.shape[-2:]), k, n, unit_lower, eps, need_v, need_tau)
+            a.reshape(lead + a.shape[-2:]),
+            None if tau_in is None else tau_in.reshape(lead + tau_in.shape[-1:]),
+            g.reshape(lead + g.shape[-2:]), k, n, unit_lower, eps, need_v, need_tau)
         return (None if grad_v is None else grad_v.reshape(a.shape),
                 None if grad_tau is None else grad_tau.reshape(tau_in.shape))
     wide = a.shape[-1] != k
