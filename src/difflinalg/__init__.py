@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from . import nn, testing
 from ._errors import DiffLinalgError, DTypeError, ShapeError
-from .contract import diag_product, frobenius_inner, trace_chain, trace_product
+from .contract import (
+    contract,
+    contract_expression,
+    diag_product,
+    explain,
+    frobenius_inner,
+    trace_chain,
+    trace_product,
+)
 from .factorize import LowRankSolution, factorize_conv2d, factorize_matrix
 from .lyapunov import solve_lyapunov, solve_sylvester
 from .orthogonal import householder_apply, householder_orgqr, householder_product
@@ -45,6 +53,9 @@ __all__ = [
     "factorize_matrix",
     "factorize_conv2d",
     "LowRankSolution",
+    "contract",
+    "contract_expression",
+    "explain",
     "trace_product",
     "diag_product",
     "frobenius_inner",

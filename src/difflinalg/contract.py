@@ -21,13 +21,18 @@ elementwise forms is ``O(mn)`` too).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from . import _einsum as es
 from ._checks import check_min_dim, check_real_floating, check_same_device_dtype, check_tensor
-from ._errors import ShapeError, describe
+from ._errors import DTypeError, ShapeError, describe
 
-__all__ = ["trace_product", "diag_product", "frobenius_inner", "trace_chain", "chain_plan"]
+__all__ = ["contract", "contract_expression", "explain", "ContractExpression", "ContractPlan",
+           "trace_product", "diag_product", "frobenius_inner", "trace_chain", "chain_plan"]
 
 
 def _check_pair(op: str, A: torch.Tensor, B: torch.Tensor, transpose: bool) -> None:
@@ -157,3 +162,268 @@ def trace_chain(*mats: torch.Tensor) -> torch.Tensor:
     r, s, _ = chain_plan([tuple(m.shape[-2:]) for m in mats])
     rot = list(mats[r:] + mats[:r])
     return trace_product(_multiply(rot[:s]), _multiply(rot[s:]))
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def _sublists_to_equation(args: Sequence[Any]) -> tuple[str, list[torch.Tensor]]:
+    """torch.einsum's sublist form ``(op1, [0, 1], op2, [1, 2], [0, 2])`` as an equation."""
+    def term(sub: Any) -> str:
+        out = []
+        for x in sub:
+            if x is Ellipsis:
+                out.append("...")
+            elif isinstance(x, int) and 0 <= x < len(es.LETTERS):
+                out.append(es.LETTERS[x])
+            else:
+                raise ShapeError(f"contract: expected sublist entries to be integers in "
+                                 f"[0, 52) or Ellipsis, but got {x!r}")
+        return "".join(out)
+
+    tail = args[-1] if len(args) % 2 else None
+    body = args[:-1] if tail is not None else args
+    ops, subs = list(body[0::2]), list(body[1::2])
+    if tail is not None and isinstance(tail, torch.Tensor):
+        raise ShapeError("contract: expected a sublist after every operand in the sublist "
+                         "form")
+    eq = ",".join(term(sub) for sub in subs)
+    if tail is not None:
+        eq += "->" + term(tail)
+    return eq, ops
+
+
+def _operands(equation: Any, operands: tuple) -> tuple[str, list[torch.Tensor]]:
+    if isinstance(equation, torch.Tensor):
+        equation, operands = _sublists_to_equation((equation,) + operands)
+        operands = tuple(operands)
+    elif not isinstance(equation, str):
+        raise ShapeError(f"contract: expected an equation string first, but got "
+                         f"{type(equation).__name__}")
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    ops = list(operands)
+    if not ops:
+        raise ShapeError(f"contract: expected at least one operand for {equation!r}, but "
+                         f"got none")
+    for k, x in enumerate(ops):
+        if not isinstance(x, torch.Tensor):
+            raise DTypeError(f"contract: expected operand {k} to be a torch.Tensor, but got "
+                             f"{type(x).__name__}")
+        if k and (x.dtype != ops[0].dtype or x.device != ops[0].device):
+            raise DTypeError(f"contract: expected every operand on one dtype and device, "
+                             f"but got {describe('operand 0', ops[0])} and "
+                             f"{describe(f'operand {k}', x)} in {equation!r}")
+    return equation, ops
+
+
+def _with_shapes(err: ShapeError, ops: Sequence[torch.Tensor]) -> ShapeError:
+    shapes = ", ".join(f"operand {k}: {tuple(x.shape)}" for k, x in enumerate(ops))
+    return ShapeError(f"{err}\n    (shapes: {shapes})")
+
+
+def _parse(equation: str, ops: Sequence[torch.Tensor]) -> es.Parsed:
+    key = (equation, tuple(x.dim() for x in ops))
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        try:
+            parsed = es.parse(equation, key[1])
+        except ShapeError as err:
+            raise _with_shapes(err, ops) from None
+        parsed = es._remember(_PARSED, key, parsed)
+    return parsed
+
+
+def _plan(parsed: es.Parsed, ops: Sequence[torch.Tensor], optimize: Any) -> es.Plan:
+    try:
+        return es.get_plan(parsed, ops, optimize)
+    except ShapeError as err:
+        raise _with_shapes(err, ops) from None
+
+
+_PARSED: dict[tuple, es.Parsed] = {}
+
+
+def contract(equation: str, *operands: torch.Tensor, optimize: Any = "auto") -> torch.Tensor:
+    r"""Einstein summation like :func:`torch.einsum`, mapped onto GEMMs with the fewest copies.
+
+    Same equations as ``torch.einsum``: letters ``a-zA-Z``, ``...`` for broadcast dims,
+    implicit output (``'ij,jk'``: the indices seen once, sorted, after the ``...`` dims),
+    repeated indices in one operand (a diagonal), size-1 dims broadcasting against a larger
+    size of the same index, operands given one by one or as a list, and the sublist form
+    ``contract(x, [0, 1], y, [1, 2], [0, 2])``.
+
+    How it runs (see ``docs/derivations/contract.md``): indices found in a single operand
+    and not in the output are summed first; the operands are then contracted pairwise along
+    a path chosen by ``optimize``; each pair is one ``mm``/``bmm`` on strided views of its
+    operands when their strides allow it (trailing-against-leading indices, e.g. a
+    convolution written as ``'abcijk,ijkd->abcd'``, needs no copy at all), and at most one
+    copy of an operand otherwise (a pair with nothing to contract is a broadcast product).
+    The plan depends on the equation and the operands' shapes, strides, dtype and device
+    only, and is cached: later calls with the same key skip planning. :func:`explain` prints
+    it.
+
+    Autograd: each pair saves its two operands as they came (the caller's tensors or views
+    of them, never the permuted copy a GEMM needed), and its backward is two more planned
+    contractions (double backward works the same way).
+
+    Args:
+        equation: the einsum equation (or the first operand, in the sublist form).
+        operands: tensors of one dtype and device.
+        optimize: the pairwise order: ``"auto"`` (the fewest multiply-adds by exhaustive
+            search up to 6 operands, greedy beyond), ``"greedy"``, ``"optimal"``,
+            ``"opt_einsum"`` (that package's ``auto`` path; needs ``opt_einsum``), or an
+            explicit path in opt_einsum's convention: pairs ``(i, j)`` of positions in the
+            list of live operands, each pair removed and its result appended.
+
+    Returns:
+        The contraction, like ``torch.einsum(equation, *operands)`` (possibly a strided
+        view of the last GEMM's result, as torch's can be).
+
+    Raises:
+        ShapeError (ValueError): malformed equation, wrong number of operands, a term whose
+            length does not match its operand, mismatched index sizes; the message quotes
+            the equation, points at the index and names each operand's shape.
+        DTypeError (TypeError): operands of different dtypes or devices.
+
+    Example:
+        >>> x, f = torch.randn(4, 5, 6, 3, 3), torch.randn(3, 3, 8)
+        >>> y = contract("abcij,ijd->abcd", x, f)      # one GEMM on views, no copy
+        >>> torch.allclose(y, torch.einsum("abcij,ijd->abcd", x, f), atol=1e-5)
+        True
+    """
+    equation, ops = _operands(equation, operands)
+    parsed = _parse(equation, ops)
+    return es.execute(_plan(parsed, ops, optimize), ops)
+
+
+class ContractExpression:
+    """A contraction planned for fixed shapes (see :func:`contract_expression`)."""
+
+    def __init__(self, equation: str, shapes: Sequence[Sequence[int]], optimize: Any) -> None:
+        metas = [torch.empty(tuple(s), device="meta") for s in shapes]
+        self.equation = equation
+        self.shapes = tuple(tuple(s) for s in shapes)
+        self._parsed = _parse(equation, metas)
+        plan = es.build_plan(self._parsed, self.shapes,
+                             [m.stride() for m in metas], torch.float32, optimize)
+        self.path = list(plan.path)  # fixed here; each call maps pairs for its strides
+
+    def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
+        eq, ops = _operands(self.equation, operands)
+        if tuple(tuple(x.shape) for x in ops) != self.shapes:
+            got = ", ".join(str(tuple(x.shape)) for x in ops)
+            raise ShapeError(f"contract_expression({self.equation!r}): expected operands of "
+                             f"shapes {', '.join(map(str, self.shapes))}, but got {got}")
+        return es.execute(_plan(self._parsed, ops, self.path), ops)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(map(str, self.shapes))
+        return f"ContractExpression({self.equation!r}, {shapes}, path={self.path})"
+
+
+def contract_expression(equation: str, *shapes: Sequence[int],
+                        optimize: Any = "auto") -> ContractExpression:
+    """A reusable callable for ``contract(equation, *operands)`` with operands of ``shapes``.
+
+    Like ``opt_einsum.contract_expression``: the pairwise path is chosen once, here; each
+    call then only looks up the GEMM mapping for its operands' strides (cached too).
+
+    Example:
+        >>> expr = contract_expression("ij,jk,kl->il", (8, 100), (100, 100), (100, 2))
+        >>> expr.path                      # (B C) first: 8*100*2 + 100*100*2 multiply-adds
+        [(1, 2), (0, 1)]
+    """
+    return ContractExpression(equation, shapes, optimize)
+
+
+@dataclass(frozen=True)
+class ContractPlan:
+    """What :func:`contract` does for given operands (``str()`` prints it)."""
+
+    equation: str
+    path: list[tuple[int, int]]
+    steps: list[dict[str, Any]]
+    flops: int
+    copy_bytes: int
+    gemms: int
+
+    def __str__(self) -> str:
+        lines = [f"contract({self.equation!r}): {len(self.steps)} step(s), "
+                 f"{self.gemms} GEMM(s), {_fmt_flops(self.flops)} (multiply-adds), "
+                 f"{_fmt_bytes(self.copy_bytes)} copied"]
+        for k, st in enumerate(self.steps, 1):
+            lines.append(f"  {k}. {st['equation']:<28} {st['what']}")
+            for note in st["notes"]:
+                lines.append(f"       {note}")
+        return "\n".join(lines)
+
+
+def _fmt_flops(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n}"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
+def _term(labels: Sequence[int]) -> str:
+    return "".join(es.LETTERS[x] if x < es._ELL else "." for x in labels)
+
+
+def explain(equation: str, *operands: torch.Tensor, optimize: Any = "auto") -> ContractPlan:
+    """The plan :func:`contract` runs for these operands: reductions, pairwise steps, the
+    GEMM of each (``batch x (rows x inner) @ (inner x cols)``), which operands are read as
+    views and which are copied (bytes), and the multiply-adds.
+
+    Example:
+        >>> print(explain("aibj,ijd->abd", torch.randn(4, 3, 5, 2), torch.randn(3, 2, 7)))
+        ... # doctest: +ELLIPSIS
+        contract('aibj,ijd->abd'): 1 step(s), 1 GEMM(s), ... copied
+        ...
+    """
+    equation, ops = _operands(equation, operands)
+    parsed = _parse(equation, ops)
+    plan = _plan(parsed, ops, optimize)
+    steps: list[dict[str, Any]] = []
+    for k, (ops_k, f) in enumerate(zip(plan.prep, plan.prep_flops)):
+        notes = []
+        for op, arg in ops_k:
+            if op == "diag":
+                notes.append(f"diagonal of dims {arg} (a view)")
+            elif op == "squeeze":
+                notes.append(f"size-1 dims {arg} broadcast (a view)")
+            else:
+                notes.append(f"sum over dims {arg}: {_fmt_flops(f)} adds, new tensor")
+        if notes:
+            steps.append({"equation": f"operand {k}: {parsed.terms[k]}",
+                          "what": "reduced on its own", "notes": notes, "flops": f,
+                          "copy_bytes": 0, "gemm": None})
+    for r in plan.steps:
+        eq = f"{_term(r.la)},{_term(r.lb)}->{_term(r.out_labels)}"
+        if r.kind == "mul":
+            what = f"broadcast product, {_fmt_flops(r.flops)} multiplies"
+            notes = []
+        else:
+            nb, rows, inner, cols = r.gemm
+            stack = f"{nb} x " if nb != 1 else ""
+            what = (f"{r.kind} {stack}({rows} x {inner}) @ "
+                    f"({inner} x {cols}), {_fmt_flops(r.flops)}")
+            notes = [f"{_term(lab)}: " + ("view, no copy" if view is not None
+                                          else f"copied once, {_fmt_bytes(nbytes)}")
+                     for lab, view, nbytes in zip((r.la, r.lb), r.views, r.copies)]
+        steps.append({"equation": eq, "what": what, "notes": notes, "flops": r.flops,
+                      "copy_bytes": sum(r.copies), "gemm": r.gemm if r.kind != "mul" else None,
+                      "views": [v is not None for v in r.views] if r.kind != "mul" else None})
+    if plan.final_perm is not None:
+        steps.append({"equation": f"->{_term(parsed.output)}", "what": "permuted view",
+                      "notes": [], "flops": 0, "copy_bytes": 0, "gemm": None})
+    return ContractPlan(parsed.equation, list(plan.path), steps,
+                        sum(s["flops"] for s in steps), sum(s["copy_bytes"] for s in steps),
+                        sum(1 for r in plan.steps if r.kind != "mul"))
