@@ -365,6 +365,10 @@ class PairRecipe:
     shapes: tuple[tuple[int, ...], tuple[int, ...]]
     views: tuple[Any, Any] = (None, None)
     swap: bool = False
+    # the two GEMM operands in the order they are multiplied: (operand index, (size,
+    # stride) of the view as passed to mm/bmm, or None for a copy, transposed or not)
+    calls: tuple[Any, Any] = ((0, None, False), (1, None, True))
+    reshape_out: bool = True
     copies: tuple[int, int] = (0, 0)
     gemm: tuple[int, int, int, int] = (1, 1, 1, 1)   # (batch, rows, inner, cols) as run
     flops: int = 0                                   # multiply-adds
@@ -428,13 +432,29 @@ def plan_pair(la: tuple[int, ...], a_shape: Sequence[int], a_stride: Sequence[in
     nb, nl, nk = s3a
     nr = s3b[1]
     out_labels = tuple(bo + lo + ro)
-    swap = prefer is not None and out_labels != prefer and tuple(bo + ro + lo) == prefer
+    if prefer is not None:
+        swap = out_labels != prefer and tuple(bo + ro + lo) == prefer
+    else:
+        # an intermediate: the larger operand's own labels first, in their memory order, so
+        # that later pairs find them nested as they were (opt_einsum's GEMMs do the same)
+        swap = nr > nl
     if swap:
         out_labels = tuple(bo + ro + lo)
+    calls = []
+    for pos, k in enumerate((1, 0) if swap else (0, 1)):
+        view = (view_a, view_b)[k]
+        right = pos == 1  # the right factor is read as (batch, inner, own)
+        if view is not None:
+            (n0, n1, n2), (t0, t1, t2) = view
+            vsize, vstride = ((n0, n2, n1), (t0, t2, t1)) if right else view
+            view = (vsize[1:], vstride[1:]) if nb == 1 else (vsize, vstride)
+        calls.append((k, view, right))
+    out_shape = tuple(size[x] for x in out_labels)
     return PairRecipe(
-        la, lb, out_labels, tuple(size[x] for x in out_labels), "mm" if nb == 1 else "bmm",
+        la, lb, out_labels, out_shape, "mm" if nb == 1 else "bmm",
         perms=(tuple(la.index(x) for x in bo + lo + ko), tuple(lb.index(x) for x in bo + ro + ko)),
-        shapes=(s3a, s3b), views=(view_a, view_b), swap=swap,
+        shapes=(s3a, s3b), views=(view_a, view_b), swap=swap, calls=tuple(calls),
+        reshape_out=out_shape != ((nr, nl) if swap else (nl, nr)) if nb == 1 else True,
         copies=(0 if view_a else nb * nl * nk * itemsize, 0 if view_b else nb * nr * nk * itemsize),
         gemm=(nb, nr, nk, nl) if swap else (nb, nl, nk, nr), flops=nb * nl * nk * nr)
 
@@ -447,20 +467,26 @@ def _stack(x: torch.Tensor, view: Any, perm: tuple[int, ...],
     return x.permute(perm).reshape(shape3).contiguous()
 
 
+def _gemm_operand(x: torch.Tensor, k: int, view: Any, right: bool, r: PairRecipe) -> torch.Tensor:
+    if view is not None:
+        return x.as_strided(view[0], view[1], x.storage_offset())
+    shape3 = r.shapes[k]
+    t = x.permute(r.perms[k]).reshape(shape3).contiguous()   # the one copy
+    if r.kind == "mm":
+        t = t.view(shape3[1:])
+    return t.mT if right else t
+
+
 def run_pair(a: torch.Tensor, b: torch.Tensor, r: PairRecipe) -> torch.Tensor:
     """Execute a recipe on plain tensors (autograd goes through :class:`PairContract`)."""
     if r.kind == "mul":
         return torch.mul(a.permute(r.perms[0]).reshape(r.shapes[0]),
                          b.permute(r.perms[1]).reshape(r.shapes[1]))
-    a3 = _stack(a, r.views[0], r.perms[0], r.shapes[0])
-    b3 = _stack(b, r.views[1], r.perms[1], r.shapes[1])
-    if r.swap:
-        a3, b3 = b3, a3
-    if r.kind == "mm":
-        c = torch.mm(a3[0], b3[0].mT)
-    else:
-        c = torch.bmm(a3, b3.mT)
-    return c.view(r.out_shape)
+    (k1, v1, t1), (k2, v2, t2) = r.calls
+    x1 = _gemm_operand(b if k1 else a, k1, v1, t1, r)
+    x2 = _gemm_operand(b if k2 else a, k2, v2, t2, r)
+    c = torch.mm(x1, x2) if r.kind == "mm" else torch.bmm(x1, x2)
+    return c.view(r.out_shape) if r.reshape_out else c
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -487,9 +513,14 @@ class PairContract(torch.autograd.Function):
         a, b = ctx.saved_tensors
         r = ctx.recipe
         ga = gb = None
+        # the smaller operand's gradient first: a copy of the larger operand that it may
+        # need is freed before the larger gradient (the larger operand's size) is allocated
+        small_first = a.numel() >= b.numel()
+        if small_first and ctx.needs_input_grad[1]:
+            gb = contract_pair(a, r.la, g, r.out_labels, r.lb)
         if ctx.needs_input_grad[0]:
             ga = contract_pair(g, r.out_labels, b, r.lb, r.la)
-        if ctx.needs_input_grad[1]:
+        if not small_first and ctx.needs_input_grad[1]:
             gb = contract_pair(a, r.la, g, r.out_labels, r.lb)
         return ga, gb, None
 
@@ -670,12 +701,17 @@ def get_plan(parsed: Parsed, operands: Sequence[torch.Tensor], optimize: Any) ->
 
 
 def execute(plan: Plan, operands: Sequence[torch.Tensor]) -> torch.Tensor:
-    live = [_apply_prep(t, ops) if ops else t for t, ops in zip(operands, plan.prep)]
-    for (i, j), r in zip(plan.path, plan.steps):
-        b = live.pop(j)
-        a = live.pop(i)
-        live.append(apply_pair(a, b, r))
-    y = live[0]
+    if len(plan.steps) == 1 and not plan.prep[0] and not plan.prep[1]:  # the common case
+        y = apply_pair(operands[0], operands[1], plan.steps[0])
+    else:
+        live = [_apply_prep(t, ops) if ops else t for t, ops in zip(operands, plan.prep)]
+        for (i, j), r in zip(plan.path, plan.steps):
+            b = live.pop(j)
+            a = live.pop(i)
+            live.append(apply_pair(a, b, r))
+        y = live[0]
+        if not plan.steps and not plan.prep[0] and plan.final_perm is None:
+            return y.view(y.shape)  # a new tensor object, like torch.einsum's result
     if plan.final_perm is not None:
         return y.permute(plan.final_perm)
-    return y if plan.steps or plan.prep[0] else y.view(y.shape)
+    return y

@@ -292,9 +292,23 @@ def contract(equation: str, *operands: torch.Tensor, optimize: Any = "auto") -> 
         >>> torch.allclose(y, torch.einsum("abcij,ijd->abcd", x, f), atol=1e-5)
         True
     """
+    # Fast path: a call seen before (same equation, option, and per operand shape, strides,
+    # dtype and device) was validated and planned then; only the GEMMs remain.
+    try:
+        key = (equation, optimize, *[(t.shape, t.stride(), t.dtype, t.device) for t in operands])
+        plan = _SEEN.get(key)
+    except (AttributeError, TypeError):  # not tensors (list, sublist form), unhashable path
+        key = plan = None
+    if plan is not None:
+        return es.execute(plan, operands)
     equation, ops = _operands(equation, operands)
-    parsed = _parse(equation, ops)
-    return es.execute(_plan(parsed, ops, optimize), ops)
+    plan = _plan(_parse(equation, ops), ops, optimize)
+    if key is not None:
+        es._remember(_SEEN, key, plan)
+    return es.execute(plan, ops)
+
+
+_SEEN: dict[tuple, es.Plan] = {}
 
 
 class ContractExpression:
