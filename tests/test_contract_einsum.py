@@ -221,6 +221,34 @@ def test_gradcheck_and_gradgradcheck(eq, shapes):
     assert gradgradcheck(lambda *x: contract(eq, *x), ops)
 
 
+@pytest.mark.parametrize("eq, shapes", [
+    ("aibj,ijd->abd", [(2, 3, 2, 2), (3, 2, 3)]),
+    ("bij,bjk,bkl->bil", [(2, 3, 2), (2, 2, 3), (2, 3, 2)]),
+    ("i,j->ij", [(3,), (2,)]),
+])
+def test_forward_mode_matches_torch_einsum(eq, shapes):
+    import torch.autograd.forward_ad as fwAD
+    ops = [torch.randn(*s, dtype=f64) for s in shapes]
+    tangents = [torch.randn(*s, dtype=f64) for s in shapes]
+    outs = []
+    for fn in (contract, torch.einsum):
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(x, t) for x, t in zip(ops, tangents)]
+            outs.append(fwAD.unpack_dual(fn(eq, *duals)).tangent)
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_torch_func_transforms():
+    x, y = torch.randn(5, 3, 4, dtype=f64), torch.randn(4, 6, dtype=f64)
+    torch.testing.assert_close(torch.func.vmap(lambda a: contract("ij,jk->ik", a, y))(x), x @ y)
+    g = torch.func.grad(lambda a: contract("ij,jk->ik", a, y).sum())(x[0])
+    torch.testing.assert_close(g, torch.ones(3, 6, dtype=f64) @ y.T)
+    jac = torch.func.jacrev(lambda a: contract("ij,jk->ik", a, y))(x[0])
+    torch.testing.assert_close(jac, torch.func.jacrev(lambda a: a @ y)(x[0]))
+    _, t = torch.func.jvp(lambda a: contract("ij,jk->ik", a, y), (x[0],), (x[1],))
+    torch.testing.assert_close(t, x[1] @ y)
+
+
 def test_float32_against_float64():
     x, f = torch.randn(4, 6, 5, 8, dtype=f64), torch.randn(6, 8, 7, dtype=f64)
     ref = torch.einsum("aibj,ijd->abd", x, f)

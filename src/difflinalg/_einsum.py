@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ._autograd import apply_fastest, classic_twin
 from ._errors import ShapeError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -502,11 +503,17 @@ class PairContract(torch.autograd.Function):
     through this Function again under ``create_graph`` (double backward).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, r: PairRecipe) -> torch.Tensor:
+    def forward(a: torch.Tensor, b: torch.Tensor, r: PairRecipe) -> torch.Tensor:
+        return run_pair(a, b, r)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        a, b, r = inputs
         ctx.recipe = r
         ctx.save_for_backward(a, b)
-        return run_pair(a, b, r)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
@@ -536,9 +543,12 @@ def _remember(cache: dict, key: tuple, value: Any) -> Any:
     return value
 
 
+_PairContractClassic = classic_twin(PairContract)
+
+
 def apply_pair(a: torch.Tensor, b: torch.Tensor, r: PairRecipe) -> torch.Tensor:
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        return PairContract.apply(a, b, r)
+        return apply_fastest(PairContract, _PairContractClassic, a, b, r)
     return run_pair(a, b, r)
 
 

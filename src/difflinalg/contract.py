@@ -1,16 +1,24 @@
-r"""Lazy reductions of matrix products: traces, diagonals and inner products without the product.
+r"""Tensor contraction mapped onto GEMMs, and lazy reductions of matrix products.
 
-``torch.trace(A @ B)`` forms the ``m x m`` product (``2 m n m`` flops) to read ``m`` numbers
-of it; the same numbers are sums of elementwise products of the operands:
+**Contraction.** :func:`contract` has :func:`torch.einsum`'s semantics. Each pairwise step
+of its path is one ``mm``/``bmm`` on strided views of the two operands whenever their
+strides allow it, and at most one copy of an operand otherwise; the backward of each step
+is two more planned contractions that read the operands as they came (never a permuted copy
+kept alive from the forward). Plans are cached per equation, shapes, strides, dtype and
+device; :func:`contract_expression` fixes the path for given shapes, :func:`explain` prints
+the plan (GEMMs, copies in bytes, multiply-adds). The planner lives in
+:mod:`difflinalg._einsum`; the derivation is in ``docs/derivations/contract.md``.
+
+**Lazy reductions.** ``torch.trace(A @ B)`` forms the ``m x m`` product (``2 m n m`` flops)
+to read ``m`` numbers of it; the same numbers are sums of elementwise products of the
+operands:
 
 .. math::
     \operatorname{tr}(AB) = \sum_{ij} A_{ij} B_{ji}, \qquad
     \operatorname{diag}(AB)_i = \sum_j A_{ij} B_{ji}, \qquad
     \langle A, B \rangle_F = \sum_{ij} A_{ij} B_{ij},
 
-``O(mn)`` work and memory (measured at n = 4096, float32, 2 threads: 87 ms against 0.80 s for
-``torch.trace(A @ B)`` with MKL; the strided read of ``B^T`` bounds it, cache tiling is the
-next step). :func:`trace_chain` extends this to ``tr(A_1 A_2 ... A_k)``: it
+``O(mn)`` work and memory. :func:`trace_chain` extends this to ``tr(A_1 A_2 ... A_k)``: it
 splits the cyclic chain into two products, each ordered by the classic matrix-chain dynamic
 programme, and joins them with an ``O(mn)`` inner product, choosing the rotation and split
 with the fewest flops. All ops take batch dims ``(*, m, n)``, broadcast them, and are
