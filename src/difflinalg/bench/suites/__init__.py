@@ -18,7 +18,8 @@ from types import ModuleType
 
 __all__ = ["SUITE_MODULES", "load_suites"]
 
-SUITE_MODULES: tuple[str, ...] = ("householder", "spectral", "sqrtm", "factorize")
+SUITE_MODULES: tuple[str, ...] = ("householder", "spectral", "sqrtm", "factorize",
+                                   "contract")
 
 _REQUIRED = ("NAME", "DESCRIPTION", "add_arguments", "run")
 
