@@ -22,9 +22,9 @@ into ``(batch, rows, cols)`` order, and the plan says so. Pairs with nothing to 
 broadcast products (Hadamard, outer).
 
 Plans depend only on the equation and on the operands' shapes, strides, dtype and device;
-they are computed once per such key and cached. The planning itself runs the executor on
-``meta`` tensors (which carry shapes and strides, no data), so what :func:`explain` prints
-is what the real call does.
+they are computed once per such key and cached. Planning follows the strides through the
+steps (views keep the operand's strides, sums and pairs produce contiguous tensors), so what
+:func:`explain` prints is what the real call does.
 """
 
 from __future__ import annotations
@@ -481,8 +481,9 @@ def _gemm_operand(x: torch.Tensor, k: int, view: Any, right: bool, r: PairRecipe
 def run_pair(a: torch.Tensor, b: torch.Tensor, r: PairRecipe) -> torch.Tensor:
     """Execute a recipe on plain tensors (autograd goes through :class:`PairContract`)."""
     if r.kind == "mul":
-        return torch.mul(a.permute(r.perms[0]).reshape(r.shapes[0]),
-                         b.permute(r.perms[1]).reshape(r.shapes[1]))
+        out = torch.mul(a.permute(r.perms[0]).reshape(r.shapes[0]),
+                        b.permute(r.perms[1]).reshape(r.shapes[1]))
+        return out if out.is_contiguous() else out.contiguous()  # the layout planned
     (k1, v1, t1), (k2, v2, t2) = r.calls
     x1 = _gemm_operand(b if k1 else a, k1, v1, t1, r)
     x2 = _gemm_operand(b if k2 else a, k2, v2, t2, r)
@@ -590,27 +591,35 @@ def build_plan(parsed: Parsed, shapes: Sequence[Sequence[int]],
                optimize: Any) -> Plan:
     """Plan a contraction for operands of these shapes and strides (see module docstring)."""
     sizes = label_sizes(parsed, shapes)
-    metas = [torch.empty_strided(tuple(sh), tuple(st), dtype=dtype, device="meta")
-             for sh, st in zip(shapes, strides)]
+    # (shape, strides) of each operand as the steps transform it: diagonals and squeezes
+    # are views, a sum and every pair produce a new contiguous tensor
+    layouts = [(list(sh), list(st)) for sh, st in zip(shapes, strides)]
     # 1. per operand: diagonals, broadcast squeezes
     prep: list[list[tuple[str, Any]]] = []
     labels: list[list[int]] = []
-    for lab_in, t in zip(parsed.inputs, metas):
+    for k, lab_in in enumerate(parsed.inputs):
         lab = list(lab_in)
+        shape, stride = layouts[k]
         todo: list[tuple[str, Any]] = []
         while len(set(lab)) != len(lab):
             x = next(x for x in lab if lab.count(x) > 1)
             i = lab.index(x)
             j = lab.index(x, i + 1)
             todo.append(("diag", (i, j)))
-            lab = [y for d, y in enumerate(lab) if d not in (i, j)] + [x]
-        shape = _shape_after(t, todo)
+            keep_d = [d for d in range(len(lab)) if d not in (i, j)]
+            lab = [lab[d] for d in keep_d] + [x]
+            shape = [shape[d] for d in keep_d] + [shape[i]]
+            stride = [stride[d] for d in keep_d] + [stride[i] + stride[j]]
         sq = tuple(d for d, x in enumerate(lab) if shape[d] == 1 and sizes[x] != 1)
         if sq:
             todo.append(("squeeze", sq))
-            lab = [x for d, x in enumerate(lab) if d not in sq]
+            keep_d = [d for d in range(len(lab)) if d not in sq]
+            lab = [lab[d] for d in keep_d]
+            shape = [shape[d] for d in keep_d]
+            stride = [stride[d] for d in keep_d]
         prep.append(todo)
         labels.append(lab)
+        layouts[k] = (shape, stride)
     # 2. sums over labels in no other operand and not in the output
     out = set(parsed.output)
     flops = []
@@ -622,8 +631,9 @@ def build_plan(parsed: Parsed, shapes: Sequence[Sequence[int]],
             f = _size(lab, sizes)
             prep[k].append(("sum", dims))
             labels[k] = [x for d, x in enumerate(lab) if d not in dims]
+            shape = [sizes[x] for x in labels[k]]
+            layouts[k] = (shape, _contiguous_strides(shape))
         flops.append(f)
-    metas = [_apply_prep(t, ops) for t, ops in zip(metas, prep)]
     # 3. the path
     sets = [frozenset(x) for x in labels]
     n = len(sets)
@@ -641,19 +651,18 @@ def build_plan(parsed: Parsed, shapes: Sequence[Sequence[int]],
         raise ShapeError(f"contract: expected optimize to be 'auto', 'greedy', 'optimal', "
                          f"'opt_einsum' or a path (a list of pairs of positions), but got "
                          f"{optimize!r}")
-    # 4. each pair on meta tensors: the recipe and the strides of the result
-    live = [(t, tuple(lab)) for t, lab in zip(metas, labels)]
+    # 4. each pair: the recipe, and the layout of its (contiguous) result
+    live = [(layout, tuple(lab)) for layout, lab in zip(layouts, labels)]
     steps = []
-    itemsize = metas[0].element_size() if metas else 1
+    itemsize = torch.empty((), dtype=dtype).element_size()
     for i, j in path:
-        (ta, la), (tb, lb) = live[i], live[j]
+        ((sa, ta), la), ((sb, tb), lb) = live[i], live[j]
         rest = [x for m, x in enumerate(live) if m not in (i, j)]
         keep = frozenset(out.union(*(set(x[1]) for x in rest)))
         prefer = parsed.output if not rest else None
-        r = plan_pair(la, ta.shape, ta.stride(), lb, tb.shape, tb.stride(), keep, itemsize,
-                      prefer=prefer)
+        r = plan_pair(la, sa, ta, lb, sb, tb, keep, itemsize, prefer=prefer)
         steps.append(r)
-        live = rest + [(run_pair(ta, tb, r), r.out_labels)]
+        live = rest + [((list(r.out_shape), _contiguous_strides(r.out_shape)), r.out_labels)]
     final = live[0][1]
     perm = tuple(final.index(x) for x in parsed.output)
     return Plan(parsed, sizes, tuple(tuple(p) for p in prep), tuple(tuple(x) for x in labels),
@@ -690,8 +699,12 @@ def _apply_prep(t: torch.Tensor, ops: Sequence[tuple[str, Any]]) -> torch.Tensor
     return t
 
 
-def _shape_after(t: torch.Tensor, ops: Sequence[tuple[str, Any]]) -> tuple[int, ...]:
-    return tuple(_apply_prep(t, ops).shape)
+def _contiguous_strides(shape: Sequence[int]) -> list[int]:
+    out, acc = [], 1
+    for size in reversed(shape):
+        out.append(acc)
+        acc *= max(size, 1)
+    return out[::-1]
 
 
 _PLAN_CACHE: dict[tuple, Plan] = {}

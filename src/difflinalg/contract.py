@@ -323,21 +323,36 @@ class ContractExpression:
     """A contraction planned for fixed shapes (see :func:`contract_expression`)."""
 
     def __init__(self, equation: str, shapes: Sequence[Sequence[int]], optimize: Any) -> None:
-        metas = [torch.empty(tuple(s), device="meta") for s in shapes]
         self.equation = equation
-        self.shapes = tuple(tuple(s) for s in shapes)
-        self._parsed = _parse(equation, metas)
-        plan = es.build_plan(self._parsed, self.shapes,
-                             [m.stride() for m in metas], torch.float32, optimize)
+        self.shapes = tuple(tuple(int(n) for n in s) for s in shapes)
+        try:
+            self._parsed = es.parse(equation, tuple(len(s) for s in self.shapes))
+            plan = es.build_plan(self._parsed, self.shapes,
+                                 [es._contiguous_strides(s) for s in self.shapes],
+                                 torch.float32, optimize)
+        except ShapeError as err:
+            got = ", ".join(f"operand {k}: {s}" for k, s in enumerate(self.shapes))
+            raise ShapeError(f"{err}\n    (shapes: {got})") from None
         self.path = list(plan.path)  # fixed here; each call maps pairs for its strides
+        self._plans: dict[tuple, es.Plan] = {}
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
+        try:
+            key = tuple((t.shape, t.stride(), t.dtype, t.device) for t in operands)
+            plan = self._plans.get(key)
+        except AttributeError:
+            key = plan = None
+        if plan is not None:
+            return es.execute(plan, operands)
         eq, ops = _operands(self.equation, operands)
         if tuple(tuple(x.shape) for x in ops) != self.shapes:
             got = ", ".join(str(tuple(x.shape)) for x in ops)
             raise ShapeError(f"contract_expression({self.equation!r}): expected operands of "
                              f"shapes {', '.join(map(str, self.shapes))}, but got {got}")
-        return es.execute(_plan(self._parsed, ops, self.path), ops)
+        plan = _plan(self._parsed, ops, self.path)
+        if key is not None:
+            es._remember(self._plans, key, plan)
+        return es.execute(plan, ops)
 
     def __repr__(self) -> str:
         shapes = ", ".join(map(str, self.shapes))
