@@ -83,6 +83,9 @@ class LinearOperator:
     """
 
     tensor: torch.Tensor | None = None  # the matrix when the operator wraps one
+    #: products return new tensors that the caller may overwrite (not so for arbitrary
+    #: callables, which may return views of their input or of state)
+    fresh_products: bool = False
 
     def __init__(self, matvec: Callable[[torch.Tensor], torch.Tensor],
                  rmatvec: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], *,
@@ -145,6 +148,7 @@ class _Transposed(LinearOperator):
 
     range_size = property(lambda self: self.op.domain_size)
     domain_size = property(lambda self: self.op.range_size)
+    fresh_products = property(lambda self: self.op.fresh_products)
 
     def range_sqnorm(self, u: torch.Tensor) -> torch.Tensor:
         return self.op.domain_sqnorm(u)
@@ -171,6 +175,7 @@ class DampedStack(LinearOperator):
 
     range_size = property(lambda self: self.op.range_size + self.op.domain_size)
     domain_size = property(lambda self: self.op.domain_size)
+    fresh_products = True  # cat and sum
 
     def range_sqnorm(self, u: torch.Tensor) -> torch.Tensor:
         r = self.op.range_size
@@ -212,6 +217,8 @@ class MatrixOperator(LinearOperator):
     The matrix is kept, detached, in the fastest layout for its products (see the module
     docstring); ``tensor`` is the matrix as given, for autograd.
     """
+
+    fresh_products = True
 
     def __init__(self, A: torch.Tensor, op: str = "as_operator") -> None:
         self.tensor = A

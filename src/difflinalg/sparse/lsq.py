@@ -153,14 +153,23 @@ def _start(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None):
 
 def _bidiag_step(op: LinearOperator, state: dict[str, torch.Tensor]) -> torch.Tensor:
     """One Golub-Kahan step: beta u <- A v - alpha u, alpha v <- A^T u - beta v. Returns
-    beta; a column with beta = 0 keeps v and alpha (its iteration is over)."""
+    beta; a column with beta = 0 keeps v and alpha (its iteration is over).
+
+    In place where the operator's products are fresh tensors: every elementwise pass over a
+    length-m vector costs as much as a fifth of the sparse product itself.
+    """
     dt = state["u"].dtype
-    u = op.matvec(state["v"]) - state["alpha"].to(dt) * state["u"]
+    fresh = op.fresh_products
+    u = op.matvec(state["v"])
+    alpha = state["alpha"].to(dt)
+    u = u.addcmul_(state["u"], alpha, value=-1) if fresh else u - alpha * state["u"]
     beta = op.range_sqnorm(u).sqrt()
-    u = u / _safe(beta).to(dt)
-    v = op.rmatvec(u) - beta.to(dt) * state["v"]
+    u.mul_(_safe(beta).reciprocal().to(dt))
+    v = op.rmatvec(u)
+    beta_dt = beta.to(dt)
+    v = v.addcmul_(state["v"], beta_dt, value=-1) if fresh else v - beta_dt * state["v"]
     alpha = op.domain_sqnorm(v).sqrt()
-    v = v / _safe(alpha).to(dt)
+    v.mul_(_safe(alpha).reciprocal().to(dt))
     pos = beta > 0
     state["u"] = u
     state["v"] = torch.where(pos, v, state["v"])
@@ -209,8 +218,8 @@ def _lsqr_kernel(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None,
         tau = sn * phi
         w = s["w"]
         ddnorm = s["ddnorm"] + op.domain_sqnorm(w) / rho**2
-        s["x"] = s["x"] + (phi / rho).to(dt) * w
-        s["w"] = s["v"] + (-theta / rho).to(dt) * w
+        s["x"] = s["x"].addcmul_(w, (phi / rho).to(dt))  # x and w are the kernel's own
+        s["w"] = w.mul_((-theta / rho).to(dt)).add_(s["v"])
         # ||x|| from the lower-bidiagonal factorisation (Paige & Saunders 1982, sec. 5.2)
         delta, gambar = s["sn2"] * rho, -s["cs2"] * rho
         rhs = phi - delta * s["z"]
@@ -283,9 +292,9 @@ def _lsmr_kernel(op: LinearOperator, b: torch.Tensor, x0: torch.Tensor | None,
         zeta = cbar * s["zetabar"]
         zetabar = -sbar * s["zetabar"]
         # h, hbar and x
-        hbar = s["h"] - (thetabar * rho / (rhoold * rhobarold)).to(dt) * s["hbar"]
-        s["x"] = s["x"] + (zeta / (rho * rhobar)).to(dt) * hbar
-        s["h"] = s["v"] - (thetanew / rho).to(dt) * s["h"]
+        hbar = s["hbar"].mul_((-thetabar * rho / (rhoold * rhobarold)).to(dt)).add_(s["h"])
+        s["x"] = s["x"].addcmul_(hbar, (zeta / (rho * rhobar)).to(dt))
+        s["h"] = s["h"].mul_((-thetanew / rho).to(dt)).add_(s["v"])
         # ||r||: rotations applied to (beta_1 e_1), Fong & Saunders (2011) sec. 4.1
         betaacute = chat * s["betadd"]
         betacheck = -shat * s["betadd"]
