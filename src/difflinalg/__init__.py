@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import nn, testing
+from . import nn, sparse, testing
 from ._errors import DiffLinalgError, DTypeError, ShapeError
 from .contract import (
     contract,
@@ -64,5 +64,6 @@ __all__ = [
     "ShapeError",
     "DTypeError",
     "nn",
+    "sparse",
     "testing",
 ]

@@ -1,8 +1,12 @@
 """Sparse matrices under autograd: products that keep sparsity, and large least squares.
 
-(Being built: see the submodules.)
+* :func:`spspmm`, :func:`spmm`, :func:`sddmm` (:mod:`difflinalg.sparse.products`): sparse x
+  sparse, sparse x dense and sampled dense x dense products whose gradients with respect to
+  a sparse operand are computed at its stored entries only.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .products import product_nnz_estimate, sddmm, spmm, spspmm
+
+__all__ = ["spspmm", "spmm", "sddmm", "product_nnz_estimate"]

@@ -1,0 +1,472 @@
+r"""Sparse products whose gradients keep the sparsity pattern.
+
+* :func:`spspmm` - ``A @ B`` for sparse ``A`` and ``B``, a sparse result;
+* :func:`spmm` - ``A @ X`` for sparse ``A`` and dense ``X``;
+* :func:`sddmm` - ``X @ Y`` sampled at the pattern of a sparse ``mask``.
+
+Gradients with respect to a sparse operand are gradients with respect to its *stored values*:
+a sparse tensor of the same layout and pattern, computed only at the stored entries (never a
+dense ``m x n`` gradient masked afterwards). For ``C = A B``,
+
+.. math::
+    \frac{\partial L}{\partial A_{ij}} = \sum_l G_{il} B_{jl}, \qquad
+    \frac{\partial L}{\partial B_{jl}} = \sum_i A_{ij} G_{il}, \qquad G = \partial L/\partial C,
+
+for stored ``(i, j)`` of ``A`` and ``(j, l)`` of ``B``. Every term pairs a stored ``A_ij``
+with a stored ``B_jl``: exactly the products the forward formed, so the backward does the
+forward's multiply count, no more. It walks the rows of ``A`` in blocks; each block's rows of
+``G`` are scattered into a dense ``rows x n`` buffer (its stale entries are never read: every
+pair lands on an entry of ``C``'s pattern), the pairs are enumerated with
+``repeat_interleave``, and both gradients are segment sums over the pairs. torch's own
+COO ``@`` COO backward instead forms the whole product ``G B^T`` and masks it.
+
+Layouts: ``torch.sparse_coo`` (coalesced first; duplicates are summed) and
+``torch.sparse_csr``; 2-D. Values float32 or float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .._errors import DTypeError, ShapeError, describe
+
+__all__ = ["spspmm", "spmm", "sddmm", "product_nnz_estimate"]
+
+_LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
+_PAIR_BLOCK = 1 << 18     # pairs per block of the backward (a few MB per temporary)
+_DENSE_BLOCK = 1 << 20    # entries of the dense row buffer of G (4 MB in float32)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_sparse(op: str, name: str, x: Any) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise DTypeError(f"{op}: expected {name} to be a sparse torch.Tensor, but got "
+                         f"{type(x).__name__}")
+    if x.layout not in _LAYOUTS:
+        raise DTypeError(f"{op}: expected {name} in layout torch.sparse_coo or "
+                         f"torch.sparse_csr, but got layout {x.layout} with {describe(name, x)}")
+    if x.dim() != 2 or x.dense_dim() != 0:
+        raise ShapeError(f"{op}: expected {name} to be a 2-D sparse matrix with scalar values, "
+                         f"but got {describe(name, x)} (sparse dims {x.sparse_dim()}, dense "
+                         f"dims {x.dense_dim()})")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise DTypeError(f"{op}: expected {name} of dtype float32 or float64, but got "
+                         f"{describe(name, x)}")
+    return x
+
+
+def _check_dense(op: str, name: str, x: Any, like: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.layout != torch.strided:
+        got = type(x).__name__ if not isinstance(x, torch.Tensor) else f"layout {x.layout}"
+        raise DTypeError(f"{op}: expected {name} to be a dense (strided) torch.Tensor, but "
+                         f"got {got}")
+    if x.dim() != 2:
+        raise ShapeError(f"{op}: expected {name} to be a matrix, but got {describe(name, x)}")
+    if x.dtype != like.dtype or x.device != like.device:
+        raise DTypeError(f"{op}: expected {name} on the dtype and device of the sparse "
+                         f"operand, but got {describe(name, x)} and {describe('A', like)}")
+    return x
+
+
+def _check_finite(op: str, name: str, x: torch.Tensor) -> None:
+    vals = x.values() if x.layout != torch.strided else x
+    if not bool(torch.isfinite(vals).all()):
+        raise ValueError(f"{op}: expected finite values in {name} (check=True), but got "
+                         f"non-finite entries in {describe(name, x)}")
+
+
+# ----------------------------------------------------------------------------- CSR parts
+
+
+def _csr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(crow, col, values) of a 2-D sparse matrix, int64 indices, duplicates summed."""
+    if x.layout == torch.sparse_csr:
+        return x.crow_indices().long(), x.col_indices().long(), x.values()
+    if not x.is_coalesced():
+        x = x.coalesce()
+    idx = x.indices()
+    counts = torch.bincount(idx[0], minlength=x.shape[0])
+    crow = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return crow, idx[1], x.values()
+
+
+def _rows(crow: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device),
+                                   crow.diff())
+
+
+def _like(pattern: torch.Tensor, crow: torch.Tensor, col: torch.Tensor,
+          values: torch.Tensor) -> torch.Tensor:
+    """A sparse tensor of ``pattern``'s layout and shape with these CSR parts."""
+    if pattern.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(crow.to(pattern.crow_indices().dtype),
+                                       col.to(pattern.col_indices().dtype), values,
+                                       pattern.shape)
+    idx = torch.stack([_rows(crow), col])
+    return torch.sparse_coo_tensor(idx, values, pattern.shape, is_coalesced=True)
+
+
+# ----------------------------------------------------------------------------- spspmm
+
+
+def product_nnz_estimate(A: torch.Tensor, B: torch.Tensor) -> dict[str, float]:
+    """Multiplies, an upper bound and an estimate of ``nnz(A @ B)``, and the bytes the result
+    would take, from the patterns alone (``O(nnz(A))``).
+
+    ``multiplies`` is exact: every stored ``A_ij`` meets every stored ``B_jl``. The bound is
+    ``min(multiplies, m n)``; the estimate assumes the products land uniformly at random
+    in the ``m x n`` result, ``m n (1 - exp(-multiplies / (m n))) ``, which is what random
+    patterns do (the 200k x 100k matrix of density 0.002 times its transpose: about 1.3e10
+    entries, 150 GiB).
+    """
+    op = "product_nnz_estimate"
+    _check_sparse(op, "A", A)
+    _check_sparse(op, "B", B)
+    _, col_a, _ = _csr(A)
+    crow_b, _, _ = _csr(B)
+    mults = float(crow_b.diff()[col_a].sum()) if col_a.numel() else 0.0
+    cells = float(A.shape[0]) * float(B.shape[1])
+    est = cells * -math.expm1(-mults / cells) if cells else 0.0
+    item = A.values().element_size() if A.layout == torch.sparse_csr else A._values().element_size()
+    per_entry = item + 8  # value + column index (int64)
+    return {"multiplies": mults, "nnz_bound": min(mults, cells), "nnz_estimate": est,
+            "bytes_estimate": est * per_entry + 8 * (A.shape[0] + 1)}
+
+
+def _available_bytes() -> float | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n):
+    """C = A B as sorted CSR parts (int64 indices)."""
+    if val_a.device.type == "cpu":
+        try:
+            import scipy.sparse as ssp
+        except ImportError:  # pragma: no cover - scipy is a dependency of the extras
+            ssp = None
+        if ssp is not None:
+            # scipy's CSR product (SMMP), then one counting-sort pass for sorted columns
+            # (torch's CSR invariant): C^T = B^T A^T as CSR, whose CSC form is C's sorted CSR
+            k = crow_b.numel() - 1
+            a = ssp.csr_matrix((val_a.detach().numpy(), col_a.numpy(), crow_a.numpy()),
+                               shape=(m, k))
+            b = ssp.csr_matrix((val_b.detach().numpy(), col_b.numpy(), crow_b.numpy()),
+                               shape=(k, n))
+            ct = (b.T.tocsr() @ a.T.tocsr()).tocsc()
+            return (torch.from_numpy(ct.indptr.astype("int64", copy=False)),
+                    torch.from_numpy(ct.indices.astype("int64", copy=False)),
+                    torch.from_numpy(ct.data))
+    a = torch.sparse_csr_tensor(crow_a, col_a, val_a.detach(), (m, crow_b.numel() - 1))
+    b = torch.sparse_csr_tensor(crow_b, col_b, val_b.detach(), (crow_b.numel() - 1, n))
+    c = a @ b
+    return c.crow_indices().long(), c.col_indices().long(), c.values()
+
+
+def _pair_blocks(crow_a: torch.Tensor, row_nnz: torch.Tensor, n: int):
+    """Row blocks [r0, r1) of A whose pairs and dense G rows fit the block budgets."""
+    m = crow_a.numel() - 1
+    max_rows = max(1, _DENSE_BLOCK // max(n, 1))
+    cum = torch.cumsum(row_nnz, 0)
+    r0 = 0
+    while r0 < m:
+        base = int(cum[r0 - 1]) if r0 else 0
+        r1 = int(torch.searchsorted(cum, base + _PAIR_BLOCK, right=True))
+        r1 = min(max(r1, r0 + 1), r0 + max_rows, m)
+        yield r0, r1
+        r0 = r1
+
+
+def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, g_val,
+                     g_dense, n, need_a, need_b):
+    """(dL/dA values, dL/dB values) by the pair enumeration of the module docstring."""
+    dev, dt = val_a.device, val_a.dtype
+    ga = torch.zeros_like(val_a) if need_a else None
+    gb = torch.zeros_like(val_b) if need_b else None
+    len_b = crow_b.diff()
+    pairs_per_entry = len_b[col_a]                     # B-row length of each A entry
+    row_pairs = torch.zeros(crow_a.numel() - 1, dtype=torch.int64, device=dev)
+    row_pairs.index_add_(0, _rows(crow_a), pairs_per_entry)
+    m = crow_a.numel() - 1
+    buf = None
+    for r0, r1 in _pair_blocks(crow_a, row_pairs, n):
+        e0, e1 = int(crow_a[r0]), int(crow_a[r1])
+        if e0 == e1 or not bool(pairs_per_entry[e0:e1].any()):
+            continue
+        rows = r1 - r0
+        if g_dense is not None:
+            w = g_dense[r0:r1]
+            w = w.reshape(-1) if w.is_contiguous() else w.contiguous().view(-1)
+        else:
+            if buf is None:  # zero once; each block puts its zeros back after use
+                buf = torch.zeros(min(m, max(1, _DENSE_BLOCK // max(n, 1))) * n, dtype=dt,
+                                  device=dev)
+            s0, s1 = int(g_crow[r0]), int(g_crow[r1])
+            g_rows = torch.repeat_interleave(
+                torch.arange(rows, device=dev), g_crow[r0:r1 + 1].diff())
+            written = g_rows * n + g_col[s0:s1]
+            buf[written] = g_val[s0:s1]
+            w = buf
+        cnt = pairs_per_entry[e0:e1]
+        total = int(cnt.sum())
+        # pairs of this block, grouped by A entry: B position = start of the B row plus the
+        # rank inside the run; G_il is read from the dense rows at (local row) * n + l
+        first = torch.cumsum(cnt, 0) - cnt
+        pair_b = torch.repeat_interleave(crow_b[col_a[e0:e1]] - first, cnt,
+                                         output_size=total)
+        pair_b += torch.arange(total, device=dev)
+        flat = torch.repeat_interleave(_rows(crow_a[r0:r1 + 1] - e0) * n, cnt,
+                                       output_size=total)
+        flat += col_b[pair_b]
+        gw = w[flat]                                     # G_il of every pair
+        del flat
+        if need_a:  # runs of consecutive pairs belong to one A entry: a segment sum
+            ga[e0:e1] = torch.segment_reduce(gw * val_b[pair_b], "sum", lengths=cnt)
+        if need_b:
+            gw *= torch.repeat_interleave(val_a[e0:e1], cnt, output_size=total)
+            gb.index_add_(0, pair_b, gw)
+        if g_dense is None:
+            buf[written] = 0
+    return ga, gb
+
+
+class _SpSpMM(torch.autograd.Function):
+    """C = A B for sparse A, B (see module docstring). Saved: A and B (their parts)."""
+
+    @staticmethod
+    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        m, n = A.shape[0], B.shape[1]
+        pa, pb = _csr(A), _csr(B)
+        crow, col, val = _forward_csr(*pa, *pb, m, n)
+        ctx.save_for_backward(*pa, *pb)
+        ctx.layouts = (A, B)
+        ctx.n = n
+        if A.layout == torch.sparse_coo:
+            return torch.sparse_coo_tensor(torch.stack([_rows(crow), col]), val, (m, n),
+                                           is_coalesced=True)
+        return torch.sparse_csr_tensor(crow, col, val, (m, n))
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        crow_a, col_a, val_a, crow_b, col_b, val_b = ctx.saved_tensors
+        A, B = ctx.layouts
+        need_a, need_b = ctx.needs_input_grad[:2]
+        if g is None:
+            return None, None
+        g_crow = g_col = g_val = g_dense = None
+        if g.layout == torch.strided:
+            g_dense = g
+        else:
+            g_crow, g_col, g_val = _csr(g)
+        ga, gb = _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col,
+                                  g_val, g_dense, ctx.n, need_a, need_b)
+        return (_like(A, crow_a, col_a, ga) if need_a else None,
+                _like(B, crow_b, col_b, gb) if need_b else None)
+
+
+def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
+           check: bool = False) -> torch.Tensor:
+    r"""Sparse times sparse, ``A @ B``, as a sparse matrix, with gradients on the patterns.
+
+    Args:
+        A: ``(m, k)`` sparse, layout COO or CSR, float32 or float64.
+        B: ``(k, n)`` sparse, same dtype and device (either layout).
+        max_bytes: refuse (``MemoryError``) when the estimated result needs more; default:
+            the memory available (``/proc/meminfo``), unchecked where unknown.
+        check: raise on non-finite values.
+
+    Returns:
+        ``(m, n)`` sparse in ``A``'s layout (COO coalesced, CSR with sorted columns).
+
+    Gradients: w.r.t. the stored values of ``A`` and ``B`` (sparse, same pattern and layout),
+    ``O(multiplies)`` work, the forward's count; see the module docstring. On the CPU the
+    forward is scipy's CSR product followed by one sorting pass; elsewhere torch's.
+
+    Example:
+        >>> A = torch.eye(4).to_sparse_csr()
+        >>> spspmm(A, A).to_dense().equal(torch.eye(4))
+        True
+    """
+    op = "spspmm"
+    _check_sparse(op, "A", A)
+    _check_sparse(op, "B", B)
+    if A.shape[1] != B.shape[0]:
+        raise ShapeError(f"{op}: expected A's columns to match B's rows, but got "
+                         f"{describe('A', A)} and {describe('B', B)}")
+    if A.dtype != B.dtype or A.device != B.device:
+        raise DTypeError(f"{op}: expected A and B on one dtype and device, but got "
+                         f"{describe('A', A)} and {describe('B', B)}")
+    if check:
+        _check_finite(op, "A", A)
+        _check_finite(op, "B", B)
+    limit = _available_bytes() if max_bytes is None else float(max_bytes)
+    if limit is not None:
+        est = product_nnz_estimate(A, B)
+        if est["bytes_estimate"] > limit:
+            gib = 2.0 ** 30
+            raise MemoryError(
+                f"{op}: the product of {describe('A', A)} and {describe('B', B)} needs about "
+                f"{est['bytes_estimate'] / gib:.1f} GiB ({est['nnz_estimate']:.3g} stored "
+                f"entries estimated, at most {est['nnz_bound']:.3g}; "
+                f"{est['multiplies']:.3g} multiplies), but only {limit / gib:.1f} GiB "
+                f"{'is available' if max_bytes is None else 'is allowed (max_bytes)'}; "
+                f"compute it in row blocks of A, or pass max_bytes to override")
+    return _SpSpMM.apply(A, B)
+
+
+# ----------------------------------------------------------------------------- spmm, sddmm
+
+
+def _sampled_dots(rows: torch.Tensor, cols: torch.Tensor, X: torch.Tensor,
+                  Yt: torch.Tensor) -> torch.Tensor:
+    """``sum_k X[rows, k] Yt[cols, k]`` for each stored entry, in chunks of bounded memory."""
+    out = torch.empty(rows.numel(), dtype=X.dtype, device=X.device)
+    k = max(X.shape[1], 1)
+    step = max(1, _DENSE_BLOCK // k)
+    for s0 in range(0, rows.numel(), step):
+        s1 = min(s0 + step, rows.numel())
+        torch.sum(X[rows[s0:s1]] * Yt[cols[s0:s1]], dim=1, out=out[s0:s1])
+    return out
+
+
+def _transpose_csr(crow, col, val, shape) -> torch.Tensor:
+    """``A^T`` as a CSR tensor (one conversion pass)."""
+    a = torch.sparse_csr_tensor(crow, col, val, shape)
+    csc = a.to_sparse_csc()
+    return torch.sparse_csr_tensor(csc.ccol_indices(), csc.row_indices(), csc.values(),
+                                   (shape[1], shape[0]))
+
+
+class _SpMM(torch.autograd.Function):
+    """Y = A X, A sparse; dL/dX = A^T G, dL/dA = G X^T at A's pattern."""
+
+    @staticmethod
+    def forward(ctx: Any, A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        crow, col, val = _csr(A)
+        a = torch.sparse_csr_tensor(crow, col, val.detach(), A.shape)
+        ctx.save_for_backward(crow, col, val, X)
+        ctx.A = A
+        return a @ X.contiguous()  # MKL's sparse x dense wants a contiguous dense side
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        crow, col, val, X = ctx.saved_tensors
+        A = ctx.A
+        ga = gx = None
+        if g is None:
+            return None, None
+        g = g.contiguous()
+        if ctx.needs_input_grad[1]:
+            gx = _transpose_csr(crow, col, val, A.shape) @ g
+        if ctx.needs_input_grad[0]:
+            ga = _like(A, crow, col, _sampled_dots(_rows(crow), col, g, X))
+        return ga, gx
+
+
+def spmm(A: torch.Tensor, X: torch.Tensor, *, check: bool = False) -> torch.Tensor:
+    r"""Sparse times dense, ``A @ X`` (dense ``(m, n)``), differentiable in both.
+
+    The gradient w.r.t. ``A`` is taken at its stored entries only (``(dL/dY X^T)_ij`` for
+    stored ``(i, j)``, ``O(nnz n)``), a sparse tensor of ``A``'s layout and pattern; the
+    gradient w.r.t. ``X`` is ``A^T dL/dY``, another sparse-times-dense product.
+
+    Args:
+        A: ``(m, k)`` sparse COO or CSR, float32 or float64.
+        X: ``(k, n)`` dense, same dtype and device.
+        check: raise on non-finite values.
+    """
+    op = "spmm"
+    _check_sparse(op, "A", A)
+    _check_dense(op, "X", X, A)
+    if A.shape[1] != X.shape[0]:
+        raise ShapeError(f"{op}: expected A's columns to match X's rows, but got "
+                         f"{describe('A', A)} and {describe('X', X)}")
+    if check:
+        _check_finite(op, "A", A)
+        _check_finite(op, "X", X)
+    return _SpMM.apply(A, X)
+
+
+def _on_pattern(crow, col, g_crow, g_col, g_val, n):
+    """Values of a sparse gradient (CSR parts g_*) at the pattern (crow, col); entries of the
+    gradient outside the pattern do not reach it, missing ones are zero."""
+    keys = _rows(crow) * n + col
+    g_keys = _rows(g_crow) * n + g_col
+    pos = torch.searchsorted(keys, g_keys).clamp_max(max(keys.numel() - 1, 0))
+    hit = keys[pos] == g_keys if keys.numel() else torch.zeros_like(g_keys, dtype=torch.bool)
+    out = torch.zeros(keys.numel(), dtype=g_val.dtype, device=g_val.device)
+    out.index_put_((pos[hit],), g_val[hit], accumulate=True)
+    return out
+
+
+class _SDDMM(torch.autograd.Function):
+    """S = mask o (X Y) at mask's pattern; dL/dX = G_S Y^T, dL/dY = X^T G_S (G_S sparse)."""
+
+    @staticmethod
+    def forward(ctx: Any, mask: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        crow, col, _ = _csr(mask)
+        vals = _sampled_dots(_rows(crow), col, X, Y.mT)
+        ctx.save_for_backward(crow, col, X, Y)
+        ctx.mask = mask
+        return _like(mask, crow, col, vals)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        crow, col, X, Y = ctx.saved_tensors
+        mask = ctx.mask
+        if g is None:
+            return None, None, None
+        if g.layout == torch.strided:
+            gv = g[_rows(crow), col]
+        else:
+            g_crow, g_col, gv = _csr(g)
+            if not (torch.equal(g_crow, crow) and torch.equal(g_col, col)):
+                gv = _on_pattern(crow, col, g_crow, g_col, gv, mask.shape[1])
+        gv = gv.contiguous()
+        gx = gy = None
+        shape = mask.shape
+        if ctx.needs_input_grad[1]:
+            gx = torch.sparse_csr_tensor(crow, col, gv, shape) @ Y.mT.contiguous()
+        if ctx.needs_input_grad[2]:
+            gy = (_transpose_csr(crow, col, gv, shape) @ X.contiguous()).mT
+        return None, gx, gy
+
+
+def sddmm(mask: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, *,
+          check: bool = False) -> torch.Tensor:
+    r"""``X @ Y`` sampled at the stored entries of ``mask`` (sampled dense-dense product).
+
+    Returns a sparse tensor with ``mask``'s layout and pattern whose value at stored
+    ``(i, j)`` is ``sum_k X_ik Y_kj`` (``mask``'s values are ignored), in ``O(nnz k)`` work
+    and bounded temporary memory, never the dense product. Differentiable in ``X`` and
+    ``Y``: ``dL/dX = S Y^T`` and ``dL/dY = X^T S`` with ``S`` the sparse incoming gradient,
+    two sparse-times-dense products.
+
+    Args:
+        mask: ``(m, n)`` sparse COO or CSR (its pattern only).
+        X: ``(m, k)`` dense; Y: ``(k, n)`` dense; same dtype and device as ``mask``.
+    """
+    op = "sddmm"
+    _check_sparse(op, "mask", mask)
+    _check_dense(op, "X", X, mask)
+    _check_dense(op, "Y", Y, mask)
+    if X.shape[0] != mask.shape[0] or Y.shape[1] != mask.shape[1] or X.shape[1] != Y.shape[0]:
+        raise ShapeError(f"{op}: expected X (m, k) and Y (k, n) for mask (m, n), but got "
+                         f"{describe('mask', mask)}, {describe('X', X)} and "
+                         f"{describe('Y', Y)}")
+    if check:
+        _check_finite(op, "X", X)
+        _check_finite(op, "Y", Y)
+    return _SDDMM.apply(mask, X, Y)

@@ -1,0 +1,194 @@
+"""spspmm, spmm, sddmm against dense computations; gradients on the patterns only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from difflinalg.sparse.products import product_nnz_estimate, sddmm, spmm, spspmm
+
+f64 = torch.float64
+LAYOUTS = ["coo", "csr"]
+
+
+def _dense(m, n, density, seed, empty_row=None, empty_col=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(m, n, dtype=f64, generator=g) + 0.5
+    x = torch.where(torch.rand(m, n, generator=g) < density, x, torch.zeros((), dtype=f64))
+    if empty_row is not None:
+        x[empty_row] = 0
+    if empty_col is not None:
+        x[:, empty_col] = 0
+    return x
+
+
+def _sparse(d, layout):
+    return d.to_sparse() if layout == "coo" else d.to_sparse_csr()
+
+
+def _leaf(d, layout):
+    return _sparse(d, layout).requires_grad_()
+
+
+@pytest.mark.parametrize("la", LAYOUTS)
+@pytest.mark.parametrize("lb", LAYOUTS)
+@pytest.mark.parametrize("shape", [(7, 5, 6), (1, 9, 1), (12, 3, 15), (6, 6, 6)])
+def test_spspmm_values_and_gradients_match_dense(la, lb, shape):
+    m, k, n = shape
+    Ad = _dense(m, k, 0.4, 1, empty_row=0, empty_col=k - 1)
+    Bd = _dense(k, n, 0.4, 2, empty_row=1 % k)
+    A, B = _leaf(Ad, la), _leaf(Bd, lb)
+    C = spspmm(A, B)
+    assert C.layout == A.layout
+    torch.testing.assert_close(C.to_dense(), Ad @ Bd)
+    G = torch.randn(m, n, dtype=f64)
+    (C.to_dense() * G).sum().backward()
+    # gradients: the dense gradient at the stored entries, in the operand's layout/pattern
+    for X, Xd, ref in ((A, Ad, G @ Bd.T), (B, Bd, Ad.T @ G)):
+        assert X.grad.layout == X.layout
+        torch.testing.assert_close(X.grad.to_dense(), ref * (Xd != 0))
+        if X.layout == torch.sparse_csr:
+            assert torch.equal(X.grad.col_indices(), X.detach().col_indices())
+        else:
+            assert X.grad._nnz() == X.detach().coalesce()._nnz()
+
+
+def test_spspmm_sparse_incoming_gradient_on_a_sub_pattern():
+    """A loss reading only some entries of C: the incoming gradient is sparse."""
+    Ad, Bd = _dense(8, 6, 0.5, 3), _dense(6, 7, 0.5, 4)
+    A, B = _leaf(Ad, "csr"), _leaf(Bd, "csr")
+    C = spspmm(A, B)
+    vals = C.values()
+    w = torch.zeros_like(vals)
+    w[::3] = torch.randn(w[::3].shape, dtype=f64)
+    (vals * w).sum().backward()
+    Gd = torch.sparse_csr_tensor(C.crow_indices(), C.col_indices(), w, C.shape).to_dense()
+    torch.testing.assert_close(A.grad.to_dense(), (Gd @ Bd.T) * (Ad != 0))
+    torch.testing.assert_close(B.grad.to_dense(), (Ad.T @ Gd) * (Bd != 0))
+
+
+def test_spspmm_coo_duplicates_are_summed():
+    idx = torch.tensor([[0, 0, 1, 2, 0], [1, 1, 0, 2, 1]])
+    val = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.5], dtype=f64)
+    A = torch.sparse_coo_tensor(idx, val, (3, 3))          # uncoalesced: (0, 1) three times
+    B = _sparse(_dense(3, 4, 0.7, 5), "coo")
+    torch.testing.assert_close(spspmm(A, B).to_dense(), A.to_dense() @ B.to_dense())
+
+
+def _with_values(pattern, values):
+    """A sparse tensor with ``pattern``'s layout and indices and these values (a function
+    of ``values``, so gradcheck differentiates through the stored values)."""
+    if pattern.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(), values,
+                                       pattern.shape)
+    p = pattern.coalesce()
+    return torch.sparse_coo_tensor(p.indices(), values, p.shape, is_coalesced=True)
+
+
+def _values(x):
+    return x.values() if x.layout == torch.sparse_csr else x.coalesce().values()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_spspmm_gradcheck_on_the_stored_values(layout):
+    A, B = _sparse(_dense(5, 4, 0.5, 6), layout), _sparse(_dense(4, 3, 0.6, 7), layout)
+
+    def f(va, vb):
+        return spspmm(_with_values(A, va), _with_values(B, vb)).to_dense()
+
+    va = _values(A).clone().requires_grad_()
+    vb = _values(B).clone().requires_grad_()
+    assert gradcheck(f, (va, vb))
+
+
+def test_spspmm_blocks_of_the_backward_agree(monkeypatch):
+    """Many row blocks (tiny budgets) give the same gradients as one."""
+    from difflinalg.sparse import products
+    Ad, Bd = _dense(30, 20, 0.3, 8), _dense(20, 25, 0.3, 9)
+    G = torch.randn(30, 25, dtype=f64)
+    grads = []
+    for budget in (1 << 22, 7):
+        monkeypatch.setattr(products, "_PAIR_BLOCK", budget)
+        monkeypatch.setattr(products, "_DENSE_BLOCK", max(budget, 25))
+        A, B = _leaf(Ad, "csr"), _leaf(Bd, "csr")
+        (spspmm(A, B).to_dense() * G).sum().backward()
+        grads.append((A.grad.to_dense(), B.grad.to_dense()))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_spspmm_float32():
+    Ad, Bd = _dense(40, 30, 0.2, 10), _dense(30, 20, 0.2, 11)
+    C = spspmm(Ad.float().to_sparse_csr(), Bd.float().to_sparse_csr())
+    assert C.dtype == torch.float32
+    torch.testing.assert_close(C.to_dense().double(), Ad @ Bd, rtol=1e-5, atol=1e-5)
+
+
+def test_nnz_estimate_and_memory_refusal():
+    Ad, Bd = _dense(300, 200, 0.02, 12), _dense(200, 300, 0.02, 13)
+    A, B = Ad.to_sparse_csr(), Bd.to_sparse_csr()
+    est = product_nnz_estimate(A, B)
+    true_nnz = int(((Ad != 0).double() @ (Bd != 0).double() > 0).sum())
+    assert est["multiplies"] >= true_nnz and est["nnz_bound"] >= true_nnz
+    assert abs(est["nnz_estimate"] - true_nnz) < 0.1 * true_nnz
+    with pytest.raises(MemoryError, match=r"^spspmm: the product of A.shape=\(300, 200\)"):
+        spspmm(A, B, max_bytes=1000)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_spmm_values_and_gradients(layout):
+    Ad = _dense(9, 7, 0.3, 14, empty_row=2, empty_col=3)
+    A = _leaf(Ad, layout)
+    X = torch.randn(7, 4, dtype=f64, requires_grad=True)
+    Y = spmm(A, X)
+    assert Y.layout == torch.strided
+    torch.testing.assert_close(Y, Ad @ X)
+    G = torch.randn(9, 4, dtype=f64)
+    (Y * G).sum().backward()
+    assert A.grad.layout == A.layout
+    torch.testing.assert_close(A.grad.to_dense(), (G @ X.T) * (Ad != 0))
+    torch.testing.assert_close(X.grad, Ad.T @ G)
+    A0 = _sparse(Ad, layout)
+    va = _values(A0).clone().requires_grad_()
+    X2 = X.detach().clone().requires_grad_()
+    assert gradcheck(lambda v, x: spmm(_with_values(A0, v), x), (va, X2))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sddmm_values_and_gradients(layout):
+    Md = _dense(6, 8, 0.3, 15)
+    mask = _sparse(Md, layout)
+    X = torch.randn(6, 5, dtype=f64, requires_grad=True)
+    Y = torch.randn(5, 8, dtype=f64, requires_grad=True)
+    S = sddmm(mask, X, Y)
+    assert S.layout == mask.layout
+    torch.testing.assert_close(S.to_dense(), (X @ Y) * (Md != 0))
+    G = torch.randn(6, 8, dtype=f64)
+    (S.to_dense() * G).sum().backward()
+    Gm = G * (Md != 0)
+    torch.testing.assert_close(X.grad, Gm @ Y.T)
+    torch.testing.assert_close(Y.grad, X.T @ Gm)
+    assert gradcheck(lambda x, y: sddmm(mask, x, y).to_dense(),
+                     (X.detach().requires_grad_(), Y.detach().requires_grad_()))
+
+
+def test_errors_name_op_and_argument():
+    A = _sparse(_dense(3, 4, 0.5, 16), "csr")
+    with pytest.raises(ValueError, match=r"^spspmm: expected A's columns to match B's rows"):
+        spspmm(A, A)
+    with pytest.raises(TypeError, match=r"^spspmm: expected B to be a sparse torch.Tensor"):
+        spspmm(A, [1, 2])
+    with pytest.raises(TypeError, match=r"^spspmm: expected B in layout torch.sparse_coo"):
+        spspmm(A, torch.randn(4, 2, dtype=f64).to_sparse_csc())
+    with pytest.raises(TypeError, match=r"^spspmm: expected A and B on one dtype"):
+        spspmm(A, _sparse(_dense(4, 2, 0.5, 17), "csr").float())
+    with pytest.raises(TypeError, match=r"^spmm: expected X to be a dense"):
+        spmm(A, A)
+    with pytest.raises(ValueError, match=r"^spmm: expected A's columns to match X's rows"):
+        spmm(A, torch.randn(3, 2, dtype=f64))
+    bad = torch.sparse_csr_tensor(A.crow_indices(), A.col_indices(),
+                                  torch.full_like(A.values(), float("nan")), A.shape)
+    with pytest.raises(ValueError, match=r"^spspmm: expected finite values in A"):
+        spspmm(bad, _sparse(_dense(4, 2, 0.5, 18), "csr"), check=True)
+    with pytest.raises(ValueError, match=r"^sddmm: expected X \(m, k\) and Y \(k, n\)"):
+        sddmm(A, torch.randn(3, 2, dtype=f64), torch.randn(3, 4, dtype=f64))
