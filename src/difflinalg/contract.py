@@ -18,9 +18,11 @@ operands:
     \operatorname{diag}(AB)_i = \sum_j A_{ij} B_{ji}, \qquad
     \langle A, B \rangle_F = \sum_{ij} A_{ij} B_{ij},
 
-``O(mn)`` work and memory. :func:`trace_chain` extends this to ``tr(A_1 A_2 ... A_k)``: it
-splits the cyclic chain into two products, each ordered by the classic matrix-chain dynamic
-programme, and joins them with an ``O(mn)`` inner product, choosing the rotation and split
+``O(mn)`` work and memory; from ``m = 512`` on the CPU the diagonal of the product comes
+from its ``16 x 16`` diagonal blocks, one ``bmm`` on strided views of ``A`` and ``B``
+(n = 4096: 15 ms, 51x ``torch.trace(A @ B)``). :func:`trace_chain` extends this to
+``tr(A_1 A_2 ... A_k)``: it splits the cyclic chain into two products, each ordered by the
+classic matrix-chain dynamic programme, and joins them with an ``O(mn)`` inner product, choosing the rotation and split
 with the fewest flops. All ops take batch dims ``(*, m, n)``, broadcast them, and are
 differentiable (autograd through elementwise products and ``matmul``: the backward of the
 elementwise forms is ``O(mn)`` too).
@@ -61,10 +63,52 @@ def _check_pair(op: str, A: torch.Tensor, B: torch.Tensor, transpose: bool) -> N
                          f"and {describe('B', B)}") from None
 
 
+# Diagonal blocks of the product, t x t each, by one bmm on strided views (below).
+_DIAG_BLOCK = 16      # fastest of 8..128 on 2 cores (MKL takes a slow path below 12)
+_DIAG_MIN_ROWS = 512  # below, the elementwise form is as fast (per-call costs dominate)
+
+
+def _diag_of_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``diag(A @ B)`` (*, m) without forming the product.
+
+    Small, batched-with-broadcasting or off-CPU inputs: ``sum_j A_ij B_ji`` elementwise
+    (``O(mn)`` flops, but the read of ``B^T`` is strided: at n = 4096 it costs 96 ms, cache
+    misses, not flops). Otherwise the ``i``-th ``t x t`` diagonal block of ``A @ B`` is
+    ``A[it:(i+1)t, :] @ B[:, it:(i+1)t]``; all of them are one ``bmm`` over two strided views
+    (``A`` as ``(m/t, t, n)``, ``B`` as ``(m/t, n, t)``), which BLAS reads in place and whose
+    packing absorbs the transposed access: ``2 t m n`` flops (``t = 16``: 15 ms at n = 4096,
+    51x ``torch.trace(A @ B)``), a ``(m/t, t, t)`` temporary, and the same GEMM kernel, so
+    the same rounding, as the product route. Rows past the last whole block use the
+    elementwise form. Autograd differentiates the bmm (as fast as a hand-written rule here).
+    """
+    m = A.shape[-2]
+    t = _DIAG_BLOCK
+    if (m < _DIAG_MIN_ROWS or A.device.type != "cpu" or A.shape[:-2] != B.shape[:-2]
+            or torch._C._are_functorch_transforms_active()):
+        return torch.linalg.vecdot(A, B.mT, dim=-1)
+    nb = m // t
+    k = nb * t
+    a = A[..., :k, :].unflatten(-2, (nb, t))                     # (*, nb, t, n) view
+    b = B[..., :, :k].unflatten(-1, (nb, t)).transpose(-3, -2)   # (*, nb, n, t) view
+    if A.dim() == 2:
+        blocks = torch.bmm(a, b)
+    else:  # one copy-free bmm per matrix (matmul on 4-D views would copy B)
+        batch = A.shape[:-2]
+        a = a.reshape(-1, *a.shape[-3:])
+        b = b.reshape(-1, *b.shape[-3:])
+        blocks = torch.stack([torch.bmm(x, y) for x, y in zip(a.unbind(0), b.unbind(0))])
+        blocks = blocks.reshape(*batch, nb, t, t)
+    d = blocks.diagonal(dim1=-2, dim2=-1).flatten(-2)
+    if k < m:
+        d = torch.cat([d, torch.linalg.vecdot(A[..., k:, :], B[..., :, k:].mT, dim=-1)], -1)
+    return d
+
+
 def trace_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     r"""``trace(A @ B)`` for ``A`` ``(*, m, n)``, ``B`` ``(*, n, m)`` without forming ``A @ B``.
 
-    ``O(mn)`` flops and one ``O(mn)`` temporary instead of ``2 m^2 n`` flops. Returns ``(*)``.
+    ``O(mn)`` work (with ``m >= 512`` on the CPU: ``2 \cdot 16\, m n`` flops in one GEMM on
+    views of ``A`` and ``B``, see :func:`diag_product`) instead of ``2 m^2 n``. Returns ``(*)``.
 
     Example:
         >>> A, B = torch.randn(3, 5, 4), torch.randn(3, 4, 5)
@@ -72,14 +116,20 @@ def trace_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         True
     """
     _check_pair("trace_product", A, B, transpose=True)
-    return torch.linalg.vecdot(A, B.mT, dim=-1).sum(-1)
+    return _diag_of_product(A, B).sum(-1)
 
 
 def diag_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    r"""``diagonal(A @ B)`` for ``A`` ``(*, m, n)``, ``B`` ``(*, n, m)``: ``(*, m)`` in
-    ``O(mn)`` (row ``i`` of ``A`` against column ``i`` of ``B``)."""
+    r"""``diagonal(A @ B)`` for ``A`` ``(*, m, n)``, ``B`` ``(*, n, m)``: ``(*, m)``.
+
+    Row ``i`` of ``A`` against column ``i`` of ``B``. From ``m = 512`` on the CPU, the
+    ``16 x 16`` diagonal blocks of the product come from one ``bmm`` on strided views (no
+    copy): the GEMM's packing absorbs the transposed read of ``B`` that makes the
+    elementwise form slow (n = 4096, float32, 2 threads: 15 ms against 96 ms elementwise and
+    0.80 s for ``torch.diagonal(A @ B)``).
+    """
     _check_pair("diag_product", A, B, transpose=True)
-    return torch.linalg.vecdot(A, B.mT, dim=-1)
+    return _diag_of_product(A, B)
 
 
 def frobenius_inner(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
