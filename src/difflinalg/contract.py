@@ -23,9 +23,9 @@ from its ``16 x 16`` diagonal blocks, one ``bmm`` on strided views of ``A`` and 
 (n = 4096: 15 ms, 51x ``torch.trace(A @ B)``). :func:`trace_chain` extends this to
 ``tr(A_1 A_2 ... A_k)``: it splits the cyclic chain into two products, each ordered by the
 classic matrix-chain dynamic programme, and joins them with an ``O(mn)`` inner product,
-choosing the rotation and split with the fewest flops. All ops take batch dims ``(*, m, n)``, broadcast them, and are
-differentiable (autograd through elementwise products and ``matmul``: the backward of the
-elementwise forms is ``O(mn)`` too).
+choosing the rotation and split with the fewest flops. All ops take batch dims
+``(*, m, n)``, broadcast them, and are differentiable (autograd through elementwise
+products, ``bmm`` and ``matmul``: the backward of the reductions is ``O(mn)`` too).
 """
 
 from __future__ import annotations
