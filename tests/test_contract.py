@@ -94,6 +94,20 @@ def test_block_diagonal_path_matches_the_product(monkeypatch, batch, m, n):
     AB = A @ B
     torch.testing.assert_close(diag_product(A, B), AB.diagonal(dim1=-2, dim2=-1))
     torch.testing.assert_close(trace_product(A, B), AB.diagonal(dim1=-2, dim2=-1).sum(-1))
+    g = torch.randn(*batch, m, dtype=f64)
+    ga, gb = torch.autograd.grad((diag_product(A, B) * g).sum(), (A, B))
+    ra, rb = torch.autograd.grad(((A @ B).diagonal(dim1=-2, dim2=-1) * g).sum(), (A, B))
+    torch.testing.assert_close(ga, ra)
+    torch.testing.assert_close(gb, rb)
+
+
+def test_block_diagonal_path_gradcheck(monkeypatch):
+    import sys
+    contract_module = sys.modules["difflinalg.contract"]
+    monkeypatch.setattr(contract_module, "_DIAG_MIN_ROWS", 1)
+    monkeypatch.setattr(contract_module, "_DIAG_BLOCK", 4)
+    A = torch.randn(2, 10, 3, dtype=f64, requires_grad=True)   # 2 blocks + 2 remainder rows
+    B = torch.randn(2, 3, 10, dtype=f64, requires_grad=True)
     assert gradcheck(diag_product, (A, B))
     assert gradcheck(trace_product, (A, B))
 
