@@ -151,7 +151,7 @@ def _available_bytes() -> float | None:
 
 
 def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n):
-    """C = A B as sorted CSR parts (int64 indices)."""
+    """C = A B as sorted CSR parts (int32 or int64 indices)."""
     if val_a.device.type == "cpu":
         try:
             import scipy.sparse as ssp
@@ -161,13 +161,17 @@ def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n):
             # scipy's CSR product (SMMP), then one counting-sort pass for sorted columns
             # (torch's CSR invariant): C^T = B^T A^T as CSR, whose CSC form is C's sorted CSR
             k = crow_b.numel() - 1
-            a = ssp.csr_matrix((val_a.detach().numpy(), col_a.numpy(), crow_a.numpy()),
-                               shape=(m, k))
-            b = ssp.csr_matrix((val_b.detach().numpy(), col_b.numpy(), crow_b.numpy()),
-                               shape=(k, n))
+            small = max(m, n, k, int(crow_a[-1]), int(crow_b[-1])) < 2 ** 31 - 1
+            idx = torch.int32 if small else torch.int64
+
+            def np_(t: torch.Tensor):
+                return t.to(idx).numpy()
+
+            a = ssp.csr_matrix((val_a.detach().numpy(), np_(col_a), np_(crow_a)), shape=(m, k))
+            b = ssp.csr_matrix((val_b.detach().numpy(), np_(col_b), np_(crow_b)), shape=(k, n))
             ct = (b.T.tocsr() @ a.T.tocsr()).tocsc()
-            return (torch.from_numpy(ct.indptr.astype("int64", copy=False)),
-                    torch.from_numpy(ct.indices.astype("int64", copy=False)),
+            # scipy's int32 indices are kept (torch's CSR kernels are faster with them)
+            return (torch.from_numpy(ct.indptr), torch.from_numpy(ct.indices),
                     torch.from_numpy(ct.data))
     a = torch.sparse_csr_tensor(crow_a, col_a, val_a.detach(), (m, crow_b.numel() - 1))
     b = torch.sparse_csr_tensor(crow_b, col_b, val_b.detach(), (crow_b.numel() - 1, n))
@@ -254,8 +258,8 @@ class _SpSpMM(torch.autograd.Function):
         ctx.layouts = (A, B)
         ctx.n = n
         if A.layout == torch.sparse_coo:
-            return torch.sparse_coo_tensor(torch.stack([_rows(crow), col]), val, (m, n),
-                                           is_coalesced=True)
+            return torch.sparse_coo_tensor(torch.stack([_rows(crow.long()), col.long()]), val,
+                                           (m, n), is_coalesced=True)
         return torch.sparse_csr_tensor(crow, col, val, (m, n))
 
     @staticmethod
