@@ -19,6 +19,8 @@ import ctypes.util
 import gc
 from types import TracebackType
 
+from .._system import available_memory_bytes
+
 __all__ = ["PeakMemory", "available_memory_bytes", "heap_for_memory", "heap_for_timing"]
 
 _STATUS = "/proc/self/status"
@@ -88,18 +90,6 @@ def heap_for_timing() -> bool:
     """
     return _mallopt({_M_MMAP_THRESHOLD: 32 * 1024 * 1024, _M_TOP_PAD: 128 * 1024,
                      _M_TRIM_THRESHOLD: 64 * 1024 * 1024})
-
-
-def available_memory_bytes() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` in bytes, or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 class PeakMemory:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .._errors import DTypeError, ShapeError, describe
+from .._system import available_memory_bytes
 
 __all__ = ["spspmm", "spmm", "sddmm", "product_nnz_estimate"]
 
@@ -137,17 +138,6 @@ def product_nnz_estimate(A: torch.Tensor, B: torch.Tensor) -> dict[str, float]:
     per_entry = item + 8  # value + column index (int64)
     return {"multiplies": mults, "nnz_bound": min(mults, cells), "nnz_estimate": est,
             "bytes_estimate": est * per_entry + 8 * (A.shape[0] + 1)}
-
-
-def _available_bytes() -> float | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024.0
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n):
@@ -315,7 +305,7 @@ def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
     if check:
         _check_finite(op, "A", A)
         _check_finite(op, "B", B)
-    limit = _available_bytes() if max_bytes is None else float(max_bytes)
+    limit = available_memory_bytes() if max_bytes is None else float(max_bytes)
     if limit is not None:
         est = product_nnz_estimate(A, B)
         if est["bytes_estimate"] > limit:
