@@ -1,7 +1,7 @@
 # The two quick-start commands of the README:
 #   make bench   set up, then run the benchmark CLI's quick suites (reports + charts in
-#                bench-results/<suite> for householder, spectral, sqrtm, factorize
-#                and contract)
+#                bench-results/<suite> for householder, spectral, sqrtm, factorize,
+#                contract and sparse)
 #   make test    set up, then run the test suite (what .ci/run calls)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,6 +26,7 @@ bench: setup-bench
 	$(VENV)/bin/difflinalg bench sqrtm --preset $(PRESET) --out $(BENCH_OUT)/sqrtm
 	$(VENV)/bin/difflinalg bench factorize --preset $(PRESET) --out $(BENCH_OUT)/factorize
 	$(VENV)/bin/difflinalg bench contract --preset $(PRESET) --out $(BENCH_OUT)/contract
+	$(VENV)/bin/difflinalg bench sparse --preset $(PRESET) --out $(BENCH_OUT)/sparse
 
 lint:
 	$(PY) -m ruff check src tests

@@ -19,7 +19,7 @@ from types import ModuleType
 __all__ = ["SUITE_MODULES", "load_suites"]
 
 SUITE_MODULES: tuple[str, ...] = ("householder", "spectral", "sqrtm", "factorize",
-                                   "contract")
+                                   "contract", "sparse")
 
 _REQUIRED = ("NAME", "DESCRIPTION", "add_arguments", "run")
 
