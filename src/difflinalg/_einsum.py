@@ -433,7 +433,13 @@ def plan_pair(la: tuple[int, ...], a_shape: Sequence[int], a_stride: Sequence[in
     nb, nl, nk = s3a
     nr = s3b[1]
     out_labels = tuple(bo + lo + ro)
-    if prefer is not None:
+    if min(nl, nr) <= 16 and max(nl, nr) >= 8 * min(nl, nr):
+        # a skinny product: MKL is up to 2.6x faster with the few rows than with the few
+        # columns (measured: 64 x (256 x 256) @ (256 x 8) 2.85 ms, the transposed product
+        # 1.1 ms; (1000 x 1000) @ (1000 x 10) 0.84 ms against 0.53), so the small group
+        # becomes the rows, even if the result is then a permuted view
+        swap = nr < nl
+    elif prefer is not None:
         swap = out_labels != prefer and tuple(bo + ro + lo) == prefer
     else:
         # an intermediate: the larger operand's own labels first, in their memory order, so
