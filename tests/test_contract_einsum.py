@@ -322,9 +322,11 @@ def test_inner_index_case_makes_no_copy():
     assert _copies_during(lambda: contract("abcijk,ijkd->abcd", x, f)) == []
     # the GEMM inputs are views of the operands' storage
     r = _einsum.get_plan(_einsum.parse("abcijk,ijkd->abcd", (6, 4)), [x, f], "auto").steps[0]
-    a3 = _einsum._stack(x, r.views[0], r.perms[0], r.shapes[0])
-    b3 = _einsum._stack(f, r.views[1], r.perms[1], r.shapes[1])
-    assert a3.data_ptr() == x.data_ptr() and b3.data_ptr() == f.data_ptr()
+    ops = (x, f)
+    for k, view, right in r.calls:  # exactly what run_pair hands to mm
+        m = _einsum._gemm_operand(ops[k], k, view, right, r)
+        assert m.data_ptr() == ops[k].data_ptr() and m.untyped_storage().data_ptr() == \
+            ops[k].untyped_storage().data_ptr()
     torch.testing.assert_close(contract("abcijk,ijkd->abcd", x, f),
                                torch.einsum("abcijk,ijkd->abcd", x, f))
 

@@ -466,14 +466,6 @@ def plan_pair(la: tuple[int, ...], a_shape: Sequence[int], a_stride: Sequence[in
         gemm=(nb, nr, nk, nl) if swap else (nb, nl, nk, nr), flops=nb * nl * nk * nr)
 
 
-def _stack(x: torch.Tensor, view: Any, perm: tuple[int, ...],
-           shape3: tuple[int, ...]) -> torch.Tensor:
-    """The (batch, own, inner) matrix stack of an operand: a strided view, or one copy."""
-    if view is not None:
-        return x.as_strided(view[0], view[1], x.storage_offset())
-    return x.permute(perm).reshape(shape3).contiguous()
-
-
 def _gemm_operand(x: torch.Tensor, k: int, view: Any, right: bool, r: PairRecipe) -> torch.Tensor:
     if view is not None:
         return x.as_strided(view[0], view[1], x.storage_offset())
