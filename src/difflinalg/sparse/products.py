@@ -37,8 +37,8 @@ from .._system import available_memory_bytes
 __all__ = ["spspmm", "spmm", "sddmm", "product_nnz_estimate"]
 
 _LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
-_PAIR_BLOCK = 1 << 18     # pairs per block of the backward (a few MB per temporary)
-_DENSE_BLOCK = 1 << 20    # entries of the dense row buffer of G (4 MB in float32)
+_PAIR_BLOCK = 1 << 20     # pairs per block of the backward (8 MB per index temporary)
+_DENSE_BLOCK = 1 << 22    # entries of the dense row buffer of G (16 MB in float32)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -184,8 +184,13 @@ def _pair_blocks(crow_a: torch.Tensor, row_nnz: torch.Tensor, n: int):
 
 
 def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, g_val,
-                     g_dense, n, need_a, need_b):
-    """(dL/dA values, dL/dB values) by the pair enumeration of the module docstring."""
+                     g_dense, n, need_a, need_b, reset=True):
+    """(dL/dA values, dL/dB values) by the pair enumeration of the module docstring.
+
+    ``reset=False``: the sparse G is known to hold exactly C's pattern, which contains every
+    pair's (i, l), so each block reads only entries it has just written and the buffer's
+    stale entries need not be zeroed.
+    """
     dev, dt = val_a.device, val_a.dtype
     ga = torch.zeros_like(val_a) if need_a else None
     gb = torch.zeros_like(val_b) if need_b else None
@@ -209,7 +214,7 @@ def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, 
                                   device=dev)
             s0, s1 = int(g_crow[r0]), int(g_crow[r1])
             g_rows = torch.repeat_interleave(
-                torch.arange(rows, device=dev), g_crow[r0:r1 + 1].diff())
+                torch.arange(rows, device=dev), g_crow[r0:r1 + 1].diff().long())
             written = g_rows * n + g_col[s0:s1]
             buf[written] = g_val[s0:s1]
             w = buf
@@ -231,7 +236,7 @@ def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, 
         if need_b:
             gw *= torch.repeat_interleave(val_a[e0:e1], cnt, output_size=total)
             gb.index_add_(0, pair_b, gw)
-        if g_dense is None:
+        if g_dense is None and reset:
             buf[written] = 0
     return ga, gb
 
@@ -247,6 +252,9 @@ class _SpSpMM(torch.autograd.Function):
         ctx.save_for_backward(*pa, *pb)
         ctx.layouts = (A, B)
         ctx.n = n
+        # C's pattern (the index tensors the output holds: no copy), to recognise an incoming
+        # gradient on exactly that pattern, for which the backward's buffer needs no reset
+        ctx.c_pattern = (crow, col)
         if A.layout == torch.sparse_coo:
             return torch.sparse_coo_tensor(torch.stack([_rows(crow.long()), col.long()]), val,
                                            (m, n), is_coalesced=True)
@@ -260,12 +268,20 @@ class _SpSpMM(torch.autograd.Function):
         if g is None:
             return None, None
         g_crow = g_col = g_val = g_dense = None
+        covers = False
         if g.layout == torch.strided:
             g_dense = g
+        elif g.layout == torch.sparse_csr:
+            g_crow, g_col, g_val = g.crow_indices(), g.col_indices(), g.values()
+            c_crow, c_col = ctx.c_pattern
+            covers = (g_col.shape == c_col.shape and g_crow.shape == c_crow.shape
+                      and (g_col.data_ptr() == c_col.data_ptr() or
+                           (torch.equal(g_crow.long(), c_crow.long())
+                            and torch.equal(g_col.long(), c_col.long()))))
         else:
             g_crow, g_col, g_val = _csr(g)
         ga, gb = _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col,
-                                  g_val, g_dense, ctx.n, need_a, need_b)
+                                  g_val, g_dense, ctx.n, need_a, need_b, reset=not covers)
         return (_like(A, crow_a, col_a, ga) if need_a else None,
                 _like(B, crow_b, col_b, gb) if need_b else None)
 
