@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from .suites import load_suites
 
-__all__ = ["build_parser", "int_list", "main", "positive_float", "positive_int"]
+__all__ = ["build_parser", "choice_list", "int_list", "main", "odd_int", "positive_float",
+           "positive_int"]
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -44,6 +45,29 @@ def _positive(convert: type, what: str):
 
 positive_int = _positive(int, "a positive integer")
 positive_float = _positive(float, "a positive number")
+
+
+def odd_int(text: str) -> int:
+    """argparse type: a positive odd integer (rounds whose median is one of them)."""
+    value = positive_int(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"expected an odd number of rounds, but got {text!r}")
+    return value
+
+
+def choice_list(choices: tuple[str, ...]):
+    """argparse type factory: ``"a,c"`` -> the named choices, in the order of ``choices``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        picked = tuple(c.strip() for c in text.split(",") if c.strip())
+        unknown = [c for c in picked if c not in choices]
+        if unknown or not picked:
+            raise argparse.ArgumentTypeError(
+                f"expected cases among {', '.join(choices)}, but got {text!r}")
+        return tuple(c for c in choices if c in picked)
+
+    parse.__name__ = "case_list"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

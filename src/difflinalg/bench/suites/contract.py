@@ -70,7 +70,7 @@ from .._report import (
     write_json,
 )
 from .._timing import IsolatedRunner, measure_interleaved
-from ..cli import positive_float, positive_int
+from ..cli import choice_list, odd_int, positive_float, positive_int
 
 __all__ = ["DESCRIPTION", "NAME", "add_arguments", "run"]
 
@@ -726,22 +726,6 @@ def _write_charts(out_dir: Path, rows: list[dict[str, Any]], metadata: dict[str,
 
 # ----------------------------------------------------------------------------- run
 
-def _case_list(text: str) -> tuple[str, ...]:
-    cases = tuple(c.strip() for c in text.split(",") if c.strip())
-    unknown = [c for c in cases if c not in CASES]
-    if unknown or not cases:
-        raise argparse.ArgumentTypeError(
-            f"expected cases among {', '.join(CASES)}, but got {text!r}")
-    return tuple(c for c in CASES if c in cases)
-
-
-def _odd_int(text: str) -> int:
-    value = positive_int(text)
-    if value % 2 == 0:
-        raise argparse.ArgumentTypeError(f"expected an odd number of rounds, but got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``difflinalg bench contract``."""
     presets = "; ".join(f"{name}: {p.about}" for name, p in PRESETS.items())
@@ -749,7 +733,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"settings ({presets}). Default: quick")
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
                         help="output directory (created). Default: bench-results")
-    parser.add_argument("--cases", type=_case_list, default=CASES, metavar="CASE,...",
+    parser.add_argument("--cases", type=choice_list(CASES), default=CASES, metavar="CASE,...",
                         help=f"cases to run, among {','.join(CASES)}. Default: all")
     parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="multiply every size by this (at least 2 per index; lazy n too); "
@@ -763,7 +747,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "rounds. Default: the preset's ("
                              + ", ".join(f"{n} {p.min_run_time:g}" for n, p in PRESETS.items())
                              + ")")
-    parser.add_argument("--rounds", type=_odd_int, metavar="N",
+    parser.add_argument("--rounds", type=odd_int, metavar="N",
                         help="rounds of each interleaved timing (odd). Default: the preset's ("
                              + ", ".join(f"{n} {p.rounds}" for n, p in PRESETS.items()) + ")")
     parser.add_argument("--timeout", type=positive_float, metavar="SECONDS",
