@@ -14,7 +14,8 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,47 @@ def busy_warning(rows: Sequence[Mapping[str, Any]], what: str = "configurations"
     return ["", f"> **Warning:** other processes used up to {worst:.0%} of the CPUs while "
                 f"{len(busy)} of {len(rows)} {what} were timed (marked * below); those "
                 "timings are unreliable. Re-run on an idle machine."]
+
+
+def run_target_jobs(suite: str, jobs: Sequence[dict[str, Any]],
+                    run_one: Callable[[dict[str, Any]], dict[str, Any]],
+                    derive: Callable[[dict[str, Any]], list[dict[str, Any]]],
+                    progress: Callable[[dict[str, Any]], str], json_path: Any,
+                    metadata: dict[str, Any]
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, float]:
+    """Run a suite's jobs in order: a progress line each, its targets derived, results.json
+    rewritten after every job (a crash or Ctrl-C keeps what was measured).
+
+    Fills the closing metadata (wall time, load average at the end, the largest share of
+    the CPUs other processes used, targets met) and returns ``(rows, targets, status,
+    start)``; status is 130 after Ctrl-C, 1 if a job reported an error, else 0.
+    """
+    rows: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    start = time.monotonic()
+    status = 0
+    try:
+        for index, job in enumerate(jobs, 1):
+            print(f"[{index}/{len(jobs)}] {job['name']} ...", end="", file=sys.stderr,
+                  flush=True)
+            row = run_one(job)
+            targets += derive(row)
+            rows.append(row)
+            print(f" {progress(row)} [{format_elapsed(time.monotonic() - start)}]",
+                  file=sys.stderr, flush=True)
+            write_json(json_path, {"metadata": metadata, "targets": targets, "results": rows})
+    except KeyboardInterrupt:
+        print(f"\n{suite} bench: interrupted; writing what was measured", file=sys.stderr)
+        status = 130
+    if status == 0 and any(row.get("error") for row in rows):
+        status = 1
+    try:
+        metadata["load_average_at_end"] = list(os.getloadavg())
+    except OSError:
+        metadata["load_average_at_end"] = None
+    metadata["wall_time_s"] = round(time.monotonic() - start, 1)
+    loads = [row["other_load"] for row in rows if row.get("other_load") is not None]
+    metadata["max_other_load"] = max(loads) if loads else None
+    met = [t["met"] for t in targets]
+    metadata["targets_met"] = f"{sum(m is True for m in met)} of {len(met)}"
+    return rows, targets, status, start

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
@@ -74,6 +73,7 @@ from .._report import (
     markdown_table,
     relative_error,
     run_facts,
+    run_target_jobs,
     write_json,
 )
 from .._timing import IsolatedRunner, OtherLoad, measure_interleaved
@@ -1220,34 +1220,9 @@ def run(args: argparse.Namespace) -> int:
     runner = IsolatedRunner(preload=preload + (["scipy.sparse.linalg"] if scipy_version
                                                else []))
     jobs = _jobs(args, preset)
-    rows: list[dict[str, Any]] = []
-    targets: list[dict[str, Any]] = []
-    start = time.monotonic()
-    status = 0
-    try:
-        for index, job in enumerate(jobs, 1):
-            print(f"[{index}/{len(jobs)}] {job['name']} ...", end="", file=sys.stderr,
-                  flush=True)
-            row = _run_job(runner, job, base, timeout)
-            targets += _derive(row)
-            rows.append(row)
-            print(f" {_progress(row)} [{format_elapsed(time.monotonic() - start)}]",
-                  file=sys.stderr, flush=True)
-            write_json(json_path, {"metadata": metadata, "targets": targets, "results": rows})
-    except KeyboardInterrupt:
-        print("\nsparse bench: interrupted; writing what was measured", file=sys.stderr)
-        status = 130
-    if status == 0 and any(row.get("error") for row in rows):
-        status = 1
-    try:
-        metadata["load_average_at_end"] = list(os.getloadavg())
-    except OSError:
-        metadata["load_average_at_end"] = None
-    metadata["wall_time_s"] = round(time.monotonic() - start, 1)
-    loads = [row["other_load"] for row in rows if row.get("other_load") is not None]
-    metadata["max_other_load"] = max(loads) if loads else None
-    met = [t["met"] for t in targets]
-    metadata["targets_met"] = f"{sum(m is True for m in met)} of {len(met)}"
+    rows, targets, status, start = run_target_jobs(
+        "sparse", jobs, lambda job: _run_job(runner, job, base, timeout), _derive, _progress,
+        json_path, metadata)
     for stale in ("spspmm_speed.png", "lsq_speed.png", "stochastic_convergence.png"):
         (out_dir / stale).unlink(missing_ok=True)
     try:
