@@ -55,7 +55,7 @@ def odd_int(text: str) -> int:
     return value
 
 
-def choice_list(choices: tuple[str, ...]):
+def choice_list(choices: tuple[str, ...], noun: str = "cases"):
     """argparse type factory: ``"a,c"`` -> the named choices, in the order of ``choices``."""
 
     def parse(text: str) -> tuple[str, ...]:
@@ -63,10 +63,10 @@ def choice_list(choices: tuple[str, ...]):
         unknown = [c for c in picked if c not in choices]
         if unknown or not picked:
             raise argparse.ArgumentTypeError(
-                f"expected cases among {', '.join(choices)}, but got {text!r}")
+                f"expected {noun} among {', '.join(choices)}, but got {text!r}")
         return tuple(c for c in choices if c in picked)
 
-    parse.__name__ = "case_list"
+    parse.__name__ = f"{noun}_list"
     return parse
 
 

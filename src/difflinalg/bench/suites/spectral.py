@@ -109,7 +109,7 @@ from .._timing import (
     measure_interleaved,
     profile_differentiable,
 )
-from ..cli import int_list, positive_float, positive_int
+from ..cli import choice_list, int_list, positive_float, positive_int
 from ._spectral_report import BUSY, STAGES, median_time, write_charts, write_markdown
 
 __all__ = ["DESCRIPTION", "NAME", "add_arguments", "run"]
@@ -600,15 +600,6 @@ def _config_list(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(configs)
 
 
-def _task_list(text: str) -> tuple[str, ...]:
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise argparse.ArgumentTypeError(
-            f"expected tasks among {', '.join(TASKS)}, but got {text!r}")
-    return tuple(t for t in TASKS if t in tasks)
-
-
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``minimum``."""
 
@@ -634,7 +625,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int_list, metavar="N,...", help="matrix sizes n")
     parser.add_argument("--configs", type=_config_list, metavar="BxN,...",
                         help="exact configurations, run as given (overrides the sweep)")
-    parser.add_argument("--tasks", type=_task_list, default=tuple(TASKS), metavar="T,...",
+    parser.add_argument("--tasks", type=choice_list(tuple(TASKS), "tasks"), default=tuple(TASKS),
+                        metavar="T,...",
                         help=f"tasks to run, among {','.join(TASKS)}. Default: all")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="dtype of the timed runs (references are float64). "
