@@ -480,6 +480,7 @@ def test_tall_backward_gradcheck_and_matches_general_path(batch, m, n, k, with_t
     real = _householder._orgqr_backward_whole
     monkeypatch.setattr(_householder, "_orgqr_backward_whole",
                         lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_householder, "SMALL_MAX_K", 0)  # not the small-input Function
     A, tau = _inputs(batch, m, n, k, requires_grad=True)
     if not with_tau:
         A = A[..., :k].detach().requires_grad_()
@@ -512,3 +513,78 @@ def test_lowmem_backward_is_taken_and_leaves_inputs_alone(monkeypatch):
     assert calls == [1]
     assert torch.equal(A.detach(), A0) and torch.equal(tau.detach(), tau0)
     assert torch.equal(G, G0)
+
+
+# Small inputs with tau=None (k <= 64, at most 2^16 entries) take _SmallOrgqr: the engine's
+# forward and a 13-kernel backward that rebuilds M = striu(V^T V) + diag(V^T V) / 2.
+def _grad_fn_name(out: torch.Tensor) -> str:
+    """The node's name; through the reshape that wraps inputs with more than one batch dim."""
+    node = out.grad_fn
+    if type(node).__name__.startswith(("View", "Reshape")):
+        node = node.next_functions[0][0]
+    return type(node).__name__
+
+
+@pytest.mark.parametrize("batch,m,k", [((), 6, 3), ((3,), 8, 8), ((2, 1, 2), 9, 4),
+                                       ((), 1, 1), ((2,), 200, 64)])
+@pytest.mark.parametrize("unit_lower", [True, False])
+def test_small_path_is_taken_and_matches_general_path(batch, m, k, unit_lower, monkeypatch):
+    A = torch.randn(*batch, m, k, dtype=f64)
+    if not unit_lower and m > 2 and k > 2:
+        A[..., :, 1] = 0              # a zero column: H = I and a zero gradient
+        A[..., :, 2] *= 1e-14         # a column below eps: clamped norm, no diagonal term
+    A.requires_grad_()
+    G = torch.randn(*batch, m, k, dtype=f64)
+    fn = dl.householder_product if unit_lower else dl.householder_orgqr
+    results = []
+    for small in (True, False):
+        if not small:
+            monkeypatch.setattr(_householder, "SMALL_MAX_K", 0)
+        out = fn(A)
+        assert ("_SmallOrgqr" in _grad_fn_name(out)) == small, _grad_fn_name(out)
+        results.append((out, *torch.autograd.grad((out * G).sum(), A)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("unit_lower", [True, False])
+def test_small_path_gradcheck_gradgradcheck_jvp(unit_lower):
+    A = torch.randn(2, 7, 4, dtype=f64, requires_grad=True)
+    fn = dl.householder_product if unit_lower else dl.householder_orgqr
+    assert "_SmallOrgqr" in _grad_fn_name(fn(A))
+    assert gradcheck(fn, (A,), check_forward_ad=True, check_batched_grad=True)
+    assert gradgradcheck(fn, (A,))  # the double backward hands over to the general engine
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-2, 1.0, 1e2])
+@pytest.mark.parametrize("m,n", [(256, 16), (1024, 64)])
+def test_small_path_float32_orthogonality_and_gradient_match_lapack(scale, m, n):
+    A = scale * torch.randn(m, n)
+    out = dl.householder_product(A.requires_grad_())
+    assert "_SmallOrgqr" in _grad_fn_name(out)
+    # the forward is LAPACK's, with the same float64 tau: the same orthogonality
+    lapack = torch.linalg.householder_product(A.detach(), exact_tau(A.detach()))
+    assert orthogonality_error(out.detach()) <= 1.01 * orthogonality_error(lapack) + 1e-9
+    G = torch.randn(m, n, dtype=f64)
+    (grad32,) = torch.autograd.grad((out * G.float()).sum(), A)
+    A64 = A.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad((dl.householder_product(A64) * G).sum(), A64)
+    A_t = A.detach().clone().requires_grad_()
+    (theirs,) = torch.autograd.grad(
+        (torch.linalg.householder_product(A_t, exact_tau(A_t)) * G.float()).sum(), A_t)
+    err = (grad32.double() - ref).norm() / ref.norm()
+    err_torch = (theirs.double() - ref).norm() / ref.norm()
+    assert err <= 2.0 * err_torch + 1e-6, (err.item(), err_torch.item())
+
+
+def test_small_path_leaves_inputs_and_gradient_alone():
+    A = torch.randn(2, 9, 5, dtype=f64)
+    P = torch.randn(2, 9, 5, dtype=f64)
+    G = torch.randn(2, 9, 5, dtype=f64)
+    copies = [t.clone() for t in (A, P, G)]
+    A.requires_grad_()
+    P.requires_grad_()
+    (dl.householder_product(A) * G).sum().backward()
+    dl.householder_orgqr(P).backward(G)
+    for t, c in zip((A, P, G), copies):
+        assert torch.equal(t.detach(), c)

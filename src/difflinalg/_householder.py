@@ -20,6 +20,7 @@ to the code.
 from __future__ import annotations
 
 import math
+import types
 from typing import Any
 
 import torch
@@ -276,9 +277,163 @@ def _setup_context(ctx: Any, inputs: tuple) -> None:
 def apply(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
           n_cols: int, unit_lower: bool, transpose: bool, eps: float, k: int) -> torch.Tensor:
     """Run the engine through the cheaper of its two autograd.Function forms
-    (:func:`~difflinalg._autograd.apply_fastest`)."""
+    (:func:`~difflinalg._autograd.apply_fastest`), or through :class:`_SmallOrgqr` for a
+    small orgqr with exact reflections."""
+    if (tau is None and x is None and not transpose and k == n_cols == v_in.shape[-1]
+            and k <= SMALL_MAX_K and v_in.numel() <= SMALL_MAX_NUMEL
+            and not torch._C._are_functorch_transforms_active()):
+        if v_in.dim() > 3:  # one batch dim inside the Function (mm/bmm), views outside
+            shape = v_in.shape
+            y = _SmallOrgqr.apply(v_in.reshape(-1, *shape[-2:]), unit_lower, eps)
+            return y.reshape(shape)
+        return _SmallOrgqr.apply(v_in, unit_lower, eps)
     return apply_fastest(HouseholderApply, _HouseholderApplyClassic,
                          v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
+
+
+# ----------------------------------------------------------------------------- small orgqr
+# At d k of a few thousand a forward+backward is bound by the cost of each kernel launch
+# and of each Python-level step (5-10 us apiece on a shared 2-core CPU), not by flops.
+# For Y = Q E with exact reflections (tau = None) the forward is the engine's (LAPACK's
+# orgqr on the CPU for unit-lower V, with the float64 tau that keeps its orthogonality),
+# and the backward needs no tau at all: in the T-CWY form (Joffrain et al. 2006)
+#   T^{-1} = M = striu(V^T V) + diag(V^T V) / 2,   C = M^{-1} V[:k]^T   (Y = E - V C),
+# and the engine's backward, with N^{-1} D = (D^{-1} N)^{-1} = M^{-1}, reads
+#   Z^T = G^T V M^{-1},   w = Z C^T,   w_sym = triu(w) + striu(w)^T,
+#   dL/dV = V w_sym - (G C^T + E Z^T)
+# (the diagonal of w is the exact-tau term; it is dropped for whole columns whose norm was
+# clamped at eps). That is 13 kernels where the general backward launches about 20, and
+# nothing but the input is saved. The constant E, the strict-lower mask and the masks of
+# M and of w_sym are cached per shape. Double backward and vmapped gradients hand over to
+# the general engine.
+SMALL_MAX_K = 64
+SMALL_MAX_NUMEL = 1 << 16
+_TWO64 = torch.full((), 2.0, dtype=torch.float64)
+_ONES64 = torch.ones(SMALL_MAX_K, dtype=torch.float64)
+_SMALL_CONSTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
+_SMALL_CONSTS_MAX = 64
+
+
+def _small_consts(m: int, k: int, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[torch.Tensor, ...]:
+    """(E (m, k), strict-lower mask (m, k), M-mask (k, k): ones above the diagonal and 1/2
+    on it, upper-with-diagonal bool mask (k, k), I_k / 2); cached, never handed out."""
+    key = (m, k, dtype, device)
+    out = _SMALL_CONSTS.get(key)
+    if out is None:
+        if len(_SMALL_CONSTS) >= _SMALL_CONSTS_MAX:
+            _SMALL_CONSTS.pop(next(iter(_SMALL_CONSTS)))
+        eye = torch.eye(m, k, dtype=dtype, device=device)
+        lower = torch.ones(m, k, dtype=dtype, device=device).tril_(-1)
+        m_mask = torch.ones(k, k, dtype=dtype, device=device).triu_()
+        m_mask.diagonal().fill_(0.5)
+        upper = torch.ones(k, k, dtype=torch.bool, device=device).triu_()
+        out = _SMALL_CONSTS[key] = (eye, lower, m_mask, upper, eye[:k] * 0.5)
+    return out
+
+
+def _engine_ctx(a: torch.Tensor, unit_lower: bool, eps: float) -> Any:
+    """A stand-in for HouseholderApply's ctx (orgqr, tau=None, gradient w.r.t. A only)."""
+    k = a.shape[-1]
+    return types.SimpleNamespace(
+        saved_tensors=(a, None, None), fwd_inputs=(a, None, None),
+        needs_input_grad=(True, False, False), k=k, n_cols=k, unit_lower=unit_lower,
+        transpose=False, eps=eps)
+
+
+def _small_backward(a: torch.Tensor, low: torch.Tensor | None, g: torch.Tensor,
+                    unit_lower: bool, eps: float) -> torch.Tensor:
+    """dL/dA of Y = Q E (tau = None) for a (*, m, k) with at most one batch dim; ``low`` is
+    L = tril(A, -1) for unit-lower V (kept by the forward), None for whole columns."""
+    m, k = a.shape[-2], a.shape[-1]
+    eye, lower, m_mask, upper, half_eye = _small_consts(m, k, a.dtype, a.device)
+    mm = torch.mm if a.dim() == 2 else torch.bmm
+    active = None
+    if low is not None:
+        # V = E + L and M from L^T V = L[:k]^T + L^T L: the diagonal ||l_j||^2 is a sum of
+        # like terms and the 1 of ||v_j||^2 = 1 + ||l_j||^2 is added once, at the end
+        v = low + eye
+        s = torch.addcmul(half_eye, mm(low.mT, v), m_mask)
+    else:
+        v = a
+        s = mm(v.mT, v)
+        diag = s.diagonal(dim1=-2, dim2=-1)
+        active = diag > eps * eps
+        diag.clamp_(min=eps * eps)
+        s.mul_(m_mask)                                    # M = striu(S) + diag(S) / 2
+    ct = torch.linalg.solve_triangular(s, v.narrow(-2, 0, k).mT, upper=True).mT
+    z_t = mm(g.mT, v)
+    torch.linalg.solve_triangular(s, z_t, upper=True, left=False, out=z_t)
+    del s
+    w = mm(z_t.mT, ct)
+    gv = mm(g, ct)                                        # G C^T + E Z^T
+    gv.narrow(-2, 0, k).add_(z_t)
+    del z_t, ct
+    w = torch.where(upper, w, w.mT)
+    if active is not None:
+        w.diagonal(dim1=-2, dim2=-1).mul_(active)
+    if gv.dim() == 2:
+        gv.addmm_(v, w, beta=-1.0)
+    else:
+        gv.baddbmm_(v, w, beta=-1.0)
+    if unit_lower:
+        gv.mul_(lower)                                    # only the strict lower part is read
+    return gv
+
+
+def _small_forward(a: torch.Tensor, unit_lower: bool, eps: float
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Y, L) for Y = Q E with tau = None and a (*, m, k) with at most one batch dim.
+
+    Unit-lower V on the CPU: LAPACK's orgqr with tau = 2 / (1 + ||l_j||^2), the sum of
+    squares and the division in float64 (as :func:`_exact_tau_unit_lower`, in fewer
+    kernels); L = tril(A, -1) is returned for the backward. Otherwise the engine's forward.
+    """
+    k = a.shape[-1]
+    if unit_lower and FORWARD_BACKEND == "auto" and a.device.type == "cpu":
+        _, lower, *_ = _small_consts(a.shape[-2], k, a.dtype, a.device)
+        low = a * lower
+        sq = torch.linalg.vecdot(low, low, dim=-2)
+        # float64 ones promote the sum to float64; the quotient is rounded once into tau
+        tau = torch.div(_TWO64, sq + _ONES64[:k], out=torch.empty_like(sq))
+        return torch.linalg.householder_product(a, tau), low
+    y = _forward(a, None, None, k, unit_lower, False, eps, k)
+    return y, (a.tril(-1) if unit_lower else None)
+
+
+class _SmallOrgqr(torch.autograd.Function):
+    """Y = Q E with exact reflections for small inputs (see the comment above); classic
+    form only: inside torch.func transforms :func:`apply` takes the general engine."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
+        ctx.unit_lower, ctx.eps, ctx.fwd_a = unit_lower, eps, a
+        if a.is_cuda:
+            with no_tf32(a):
+                y, low = _small_forward(a, unit_lower, eps)
+        else:
+            y, low = _small_forward(a, unit_lower, eps)
+        ctx.save_for_backward(a, low)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        a, low = ctx.saved_tensors
+        if torch.is_grad_enabled() or not tri.plain_tensor(g):
+            # create_graph or a vmapped gradient: the general engine's rule, which handles both
+            gv = HouseholderApply.backward(_engine_ctx(a, ctx.unit_lower, ctx.eps), g)[0]
+            return gv, None, None
+        if a.is_cuda:
+            with no_tf32(a):
+                gv = _small_backward(a, low, g, ctx.unit_lower, ctx.eps)
+        else:
+            gv = _small_backward(a, low, g, ctx.unit_lower, ctx.eps)
+        return gv, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, da: torch.Tensor, *_unused):
+        return HouseholderApply.jvp(_engine_ctx(ctx.fwd_a, ctx.unit_lower, ctx.eps), da,
+                                    None, None)
 
 
 class HouseholderApply(torch.autograd.Function):
