@@ -117,6 +117,48 @@ def test_spspmm_blocks_of_the_backward_agree(monkeypatch):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("workers", [2, 3])
+def test_spspmm_threaded_forward_and_backward_match_one_thread(layout, workers, monkeypatch):
+    """Row blocks on worker threads (forced here at any size) give the same sorted pattern,
+    values and gradients, also with empty rows and one heavy row (unequal blocks)."""
+    from difflinalg.sparse import products
+    Ad = _dense(40, 30, 0.15, 12, empty_row=3, empty_col=7)
+    Ad[5] = torch.rand(30, dtype=f64) + 0.5            # a dense row: most of the work
+    Ad[30:36] = 0                                      # a run of empty rows
+    Bd = _dense(30, 35, 0.2, 13, empty_row=4)
+    G = torch.randn(40, 35, dtype=f64)
+    results = []
+    for parallel in (False, True):
+        monkeypatch.setattr(products, "_PARALLEL_MIN_WORK", 0 if parallel else 1 << 62)
+        monkeypatch.setattr(products, "_MAX_WORKERS", workers)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: workers)
+        monkeypatch.setattr(products, "_DENSE_BLOCK", 35 * 4)   # several backward blocks
+        A, B = _leaf(Ad, layout), _leaf(Bd, layout)
+        C = spspmm(A, B)
+        (C.to_dense() * G).sum().backward()
+        Cc = C.detach().to_sparse_csr() if layout == "coo" else C.detach()
+        results.append((Cc.crow_indices().long(), Cc.col_indices().long(), Cc.values(),
+                        A.grad.to_dense(), B.grad.to_dense()))
+    for x, y in zip(results[0][:3], results[1][:3]):   # the product: bit for bit
+        assert torch.equal(x, y)
+    # dL/dB: per-worker partial sums, added at the end (another summation order)
+    for x, y in zip(results[0][3:], results[1][3:]):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(results[1][2], (Ad @ Bd).to_sparse_csr().values())
+
+
+def test_spspmm_threaded_workers_keep_grad_mode_off(monkeypatch):
+    """Worker threads start with grad mode on; the backward's must not record a graph."""
+    from difflinalg.sparse import products
+    monkeypatch.setattr(products, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    A, B = _leaf(_dense(12, 9, 0.4, 14), "csr"), _leaf(_dense(9, 10, 0.4, 15), "csr")
+    C = spspmm(A, B)
+    ga, gb = torch.autograd.grad(C, (A, B), C.detach())
+    assert not ga.requires_grad and not gb.requires_grad
+
+
 def test_spspmm_float32():
     Ad, Bd = _dense(40, 30, 0.2, 10), _dense(30, 20, 0.2, 11)
     C = spspmm(Ad.float().to_sparse_csr(), Bd.float().to_sparse_csr())

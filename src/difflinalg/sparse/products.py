@@ -20,6 +20,13 @@ pair lands on an entry of ``C``'s pattern), the pairs are enumerated with
 ``repeat_interleave``, and both gradients are segment sums over the pairs. torch's own
 COO ``@`` COO backward instead forms the whole product ``G B^T`` and masks it.
 
+On the CPU both directions share their row blocks of ``A`` among threads (as many as
+``torch.get_num_threads()``) once a product forms 2^21 multiplies or more: scipy's
+sparsetools and torch's index kernels (mostly one core each) release the GIL. The forward's
+blocks are balanced by multiplies; each one's sorting pass writes into its own slice of the
+result, so the threaded product equals the one-thread product bit for bit. The backward's
+threads keep their own dense buffer and dL/dB accumulator (added at the end).
+
 Layouts: ``torch.sparse_coo`` (coalesced first; duplicates are summed) and
 ``torch.sparse_csr``; 2-D. Values float32 or float64.
 """
@@ -39,6 +46,8 @@ __all__ = ["spspmm", "spmm", "sddmm", "product_nnz_estimate"]
 _LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
 _PAIR_BLOCK = 1 << 20     # pairs per block of the backward (8 MB per index temporary)
 _DENSE_BLOCK = 1 << 22    # entries of the dense row buffer of G (16 MB in float32)
+_PARALLEL_MIN_WORK = 1 << 21  # multiplies from which spspmm shares its work among threads
+_MAX_WORKERS = 8
 
 
 # ----------------------------------------------------------------------------- checks
@@ -129,19 +138,99 @@ def product_nnz_estimate(A: torch.Tensor, B: torch.Tensor) -> dict[str, float]:
     op = "product_nnz_estimate"
     _check_sparse(op, "A", A)
     _check_sparse(op, "B", B)
-    _, col_a, _ = _csr(A)
-    crow_b, _, _ = _csr(B)
-    mults = float(crow_b.diff()[col_a].sum()) if col_a.numel() else 0.0
-    cells = float(A.shape[0]) * float(B.shape[1])
+    with torch.no_grad():
+        crow_a, col_a, val_a = _csr(A)
+        crow_b, _, _ = _csr(B)
+        mults = float(_row_multiplies(crow_a, col_a, crow_b).sum()) if col_a.numel() else 0.0
+    return _estimate(mults, A.shape[0], B.shape[1], val_a.element_size())
+
+
+def _estimate(mults: float, m: int, n: int, itemsize: int) -> dict[str, float]:
+    cells = float(m) * float(n)
     est = cells * -math.expm1(-mults / cells) if cells else 0.0
-    item = A.values().element_size() if A.layout == torch.sparse_csr else A._values().element_size()
-    per_entry = item + 8  # value + column index (int64)
+    per_entry = itemsize + 8  # value + column index (int64)
     return {"multiplies": mults, "nnz_bound": min(mults, cells), "nnz_estimate": est,
-            "bytes_estimate": est * per_entry + 8 * (A.shape[0] + 1)}
+            "bytes_estimate": est * per_entry + 8 * (m + 1)}
 
 
-def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n):
-    """C = A B as sorted CSR parts (int32 or int64 indices)."""
+def _row_multiplies(crow_a: torch.Tensor, col_a: torch.Tensor,
+                    crow_b: torch.Tensor) -> torch.Tensor:
+    """Products each row of A forms with B (int64, O(nnz(A)))."""
+    per_entry = crow_b.diff().index_select(0, col_a)
+    out = torch.zeros(crow_a.numel() - 1, dtype=torch.int64, device=crow_a.device)
+    out.index_add_(0, _rows(crow_a), per_entry)
+    return out
+
+
+def _balanced_row_blocks(row_work: torch.Tensor, parts: int) -> list[tuple[int, int]]:
+    """At most ``parts`` consecutive row ranges, about equal in total work, that tile
+    ``[0, m)`` (ranges without rows are dropped)."""
+    m = row_work.numel()
+    cum = torch.cumsum(row_work, 0)
+    total = int(cum[-1]) if m else 0
+    cuts = [0] + [int(torch.searchsorted(cum, total * p // parts, right=True))
+                  for p in range(1, parts)] + [m]
+    return [(r0, r1) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0]
+
+
+def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, workers: int):
+    """C = A B as sorted CSR numpy arrays from scipy CSR ``a`` (m x k) and ``b_t`` = B^T as
+    CSR (n x k): per row block of A, C_blk^T = B^T A_blk^T by scipy's SMMP (unsorted CSR),
+    whose CSR -> CSC conversion (a counting sort) is C_blk in sorted CSR. With several
+    workers the blocks run on threads (sparsetools releases the GIL) and each block's sort
+    writes straight into its slice of the result."""
+    import numpy as np
+
+    if workers <= 1:
+        ct = (b_t @ a.T.tocsr()).tocsc()
+        return ct.indptr, ct.indices, ct.data
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = _balanced_row_blocks(work, 2 * workers)
+
+    def product(block):
+        r0, r1 = block
+        p = a.indptr
+        blk = ssp.csr_matrix((a.data[p[r0]:p[r1]], a.indices[p[r0]:p[r1]],
+                              p[r0:r1 + 1] - p[r0]), shape=(r1 - r0, a.shape[1]))
+        return b_t @ blk.T.tocsr()                      # C_blk^T, CSR, unsorted columns
+
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(product, blocks))
+        nnz = [int(ct.nnz) for ct in parts]
+        offsets = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
+        wide = offsets[-1] > np.iinfo(np.int32).max or any(
+            ct.indices.dtype == np.int64 for ct in parts)
+        idx = np.int64 if wide else np.int32
+        indptr = np.empty(m + 1, dtype=idx)
+        indptr[0] = 0
+        indices = np.empty(offsets[-1], dtype=idx)
+        data = np.empty(offsets[-1], dtype=parts[0].dtype if parts else a.dtype)
+        try:
+            from scipy.sparse._sparsetools import csr_tocsc
+        except ImportError:  # pragma: no cover - private scipy API moved: one copy more
+            csr_tocsc = None
+
+        def sort(i):
+            (r0, r1), ct, o0, o1 = blocks[i], parts[i], offsets[i], offsets[i + 1]
+            if csr_tocsc is not None:
+                ptr = np.empty(r1 - r0 + 1, dtype=idx)
+                csr_tocsc(n, r1 - r0, ct.indptr.astype(idx, copy=False),
+                          ct.indices.astype(idx, copy=False), ct.data, ptr,
+                          indices[o0:o1], data[o0:o1])
+            else:
+                c = ct.tocsc()
+                ptr = c.indptr
+                indices[o0:o1], data[o0:o1] = c.indices, c.data
+            indptr[r0 + 1:r1 + 1] = ptr[1:] + o0
+
+        list(pool.map(sort, range(len(blocks))))  # the blocks tile rows 0..m-1
+    return indptr, indices, data
+
+
+def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work=None):
+    """C = A B as sorted CSR parts (int32 or int64 indices); ``work``: the multiplies per
+    row of A (:func:`_row_multiplies`), computed here when not given."""
     if val_a.device.type == "cpu":
         try:
             import scipy.sparse as ssp
@@ -159,10 +248,14 @@ def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n):
 
             a = ssp.csr_matrix((val_a.detach().numpy(), np_(col_a), np_(crow_a)), shape=(m, k))
             b = ssp.csr_matrix((val_b.detach().numpy(), np_(col_b), np_(crow_b)), shape=(k, n))
-            ct = (b.T.tocsr() @ a.T.tocsr()).tocsc()
+            if work is None:
+                work = _row_multiplies(crow_a, col_a, crow_b)
+            workers = _workers(int(work.sum()), val_a.device)
+            indptr, indices, data = _scipy_sorted_product(ssp, a, b.T.tocsr(), m, n, work,
+                                                          workers)
             # scipy's int32 indices are kept (torch's CSR kernels are faster with them)
-            return (torch.from_numpy(ct.indptr), torch.from_numpy(ct.indices),
-                    torch.from_numpy(ct.data))
+            return (torch.from_numpy(indptr), torch.from_numpy(indices),
+                    torch.from_numpy(data))
     a = torch.sparse_csr_tensor(crow_a, col_a, val_a.detach(), (m, crow_b.numel() - 1))
     b = torch.sparse_csr_tensor(crow_b, col_b, val_b.detach(), (crow_b.numel() - 1, n))
     c = a @ b
@@ -183,61 +276,97 @@ def _pair_blocks(crow_a: torch.Tensor, row_nnz: torch.Tensor, n: int):
         r0 = r1
 
 
+def _workers(work: int, device: torch.device) -> int:
+    """Python threads for a product or backward of ``work`` multiplies: the intra-op thread
+    count on the CPU when there is enough work to share (scipy's sparsetools and most of
+    torch's index kernels run on one core and release the GIL), else 1."""
+    if device.type != "cpu" or work < _PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(torch.get_num_threads(), _MAX_WORKERS))
+
+
 def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, g_val,
                      g_dense, n, need_a, need_b, reset=True):
     """(dL/dA values, dL/dB values) by the pair enumeration of the module docstring.
 
     ``reset=False``: the sparse G is known to hold exactly C's pattern, which contains every
     pair's (i, l), so each block reads only entries it has just written and the buffer's
-    stale entries need not be zeroed.
+    stale entries need not be zeroed. The row blocks are shared among worker threads
+    (:func:`_workers`), each with its own dense buffer and its own dL/dB accumulator
+    (summed at the end); the dL/dA of a block is its own slice.
     """
     dev, dt = val_a.device, val_a.dtype
     ga = torch.zeros_like(val_a) if need_a else None
-    gb = torch.zeros_like(val_b) if need_b else None
-    len_b = crow_b.diff()
-    pairs_per_entry = len_b[col_a]                     # B-row length of each A entry
-    row_pairs = torch.zeros(crow_a.numel() - 1, dtype=torch.int64, device=dev)
-    row_pairs.index_add_(0, _rows(crow_a), pairs_per_entry)
+    # gathers and scatters go through index_select / index_copy_ / index_fill_: on 1-D
+    # tensors they are about 2x faster than advanced indexing (x[idx], x[idx] = y) on CPU
+    pairs_per_entry = crow_b.diff().index_select(0, col_a)  # B-row length of each A entry
+    row_pairs = _row_multiplies(crow_a, col_a, crow_b)
     m = crow_a.numel() - 1
-    buf = None
-    for r0, r1 in _pair_blocks(crow_a, row_pairs, n):
-        e0, e1 = int(crow_a[r0]), int(crow_a[r1])
-        if e0 == e1 or not bool(pairs_per_entry[e0:e1].any()):
-            continue
-        rows = r1 - r0
-        if g_dense is not None:
-            w = g_dense[r0:r1]
-            w = w.reshape(-1) if w.is_contiguous() else w.contiguous().view(-1)
-        else:
-            if buf is None:  # zero once; each block puts its zeros back after use
-                buf = torch.zeros(min(m, max(1, _DENSE_BLOCK // max(n, 1))) * n, dtype=dt,
-                                  device=dev)
-            s0, s1 = int(g_crow[r0]), int(g_crow[r1])
-            g_rows = torch.repeat_interleave(
-                torch.arange(rows, device=dev), g_crow[r0:r1 + 1].diff().long())
-            written = g_rows * n + g_col[s0:s1]
-            buf[written] = g_val[s0:s1]
-            w = buf
-        cnt = pairs_per_entry[e0:e1]
-        total = int(cnt.sum())
-        # pairs of this block, grouped by A entry: B position = start of the B row plus the
-        # rank inside the run; G_il is read from the dense rows at (local row) * n + l
-        first = torch.cumsum(cnt, 0) - cnt
-        pair_b = torch.repeat_interleave(crow_b[col_a[e0:e1]] - first, cnt,
-                                         output_size=total)
-        pair_b += torch.arange(total, device=dev)
-        flat = torch.repeat_interleave(_rows(crow_a[r0:r1 + 1] - e0) * n, cnt,
-                                       output_size=total)
-        flat += col_b[pair_b]
-        gw = w[flat]                                     # G_il of every pair
-        del flat
-        if need_a:  # runs of consecutive pairs belong to one A entry: a segment sum
-            ga[e0:e1] = torch.segment_reduce(gw * val_b[pair_b], "sum", lengths=cnt)
+    blocks = [(r0, r1) for r0, r1 in _pair_blocks(crow_a, row_pairs, n)
+              if int(crow_a[r0]) != int(crow_a[r1])]
+    workers = min(_workers(int(row_pairs.sum()), dev), max(len(blocks), 1))
+    buf_len = min(m, max(1, _DENSE_BLOCK // max(n, 1))) * n
+
+    grad_mode = torch.is_grad_enabled()  # threads start with grad mode on: pass it along
+
+    def run(mine: list[tuple[int, int]]) -> torch.Tensor | None:
+        with torch.set_grad_enabled(grad_mode):
+            return run_blocks(mine)
+
+    def run_blocks(mine: list[tuple[int, int]]) -> torch.Tensor | None:
+        gb = torch.zeros_like(val_b) if need_b else None
+        buf = None
+        for r0, r1 in mine:
+            e0, e1 = int(crow_a[r0]), int(crow_a[r1])
+            cnt = pairs_per_entry[e0:e1]
+            total = int(cnt.sum())
+            if total == 0:
+                continue
+            rows = r1 - r0
+            if g_dense is not None:
+                w = g_dense[r0:r1]
+                w = w.reshape(-1) if w.is_contiguous() else w.contiguous().view(-1)
+            else:
+                if buf is None:  # zero once; each block puts its zeros back after use
+                    buf = torch.zeros(buf_len, dtype=dt, device=dev)
+                s0, s1 = int(g_crow[r0]), int(g_crow[r1])
+                g_rows = torch.repeat_interleave(
+                    torch.arange(rows, device=dev), g_crow[r0:r1 + 1].diff().long())
+                written = g_rows * n + g_col[s0:s1]
+                buf.index_copy_(0, written, g_val[s0:s1])
+                w = buf
+            # pairs of this block, grouped by A entry: B position = start of the B row plus
+            # the rank inside the run; G_il is read from the dense rows at (local row) n + l
+            first = torch.cumsum(cnt, 0) - cnt
+            pair_b = torch.repeat_interleave(crow_b.index_select(0, col_a[e0:e1]) - first,
+                                             cnt, output_size=total)
+            pair_b += torch.arange(total, device=dev)
+            flat = torch.repeat_interleave(_rows(crow_a[r0:r1 + 1] - e0) * n, cnt,
+                                           output_size=total)
+            flat += col_b.index_select(0, pair_b)
+            gw = w.index_select(0, flat)                 # G_il of every pair
+            del flat
+            if need_a:  # runs of consecutive pairs belong to one A entry: a segment sum
+                ga[e0:e1] = torch.segment_reduce(gw * val_b.index_select(0, pair_b), "sum",
+                                                 lengths=cnt)
+            if need_b:
+                gw *= torch.repeat_interleave(val_a[e0:e1], cnt, output_size=total)
+                gb.index_add_(0, pair_b, gw)
+            if g_dense is None and reset:
+                buf.index_fill_(0, written, 0)
+        return gb
+
+    if workers <= 1:
+        gb = run(blocks)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(run, [blocks[t::workers] for t in range(workers)]))
+        gb = None
         if need_b:
-            gw *= torch.repeat_interleave(val_a[e0:e1], cnt, output_size=total)
-            gb.index_add_(0, pair_b, gw)
-        if g_dense is None and reset:
-            buf[written] = 0
+            gb = parts[0]
+            for part in parts[1:]:
+                gb += part
     return ga, gb
 
 
@@ -245,10 +374,11 @@ class _SpSpMM(torch.autograd.Function):
     """C = A B for sparse A, B (see module docstring). Saved: A and B (their parts)."""
 
     @staticmethod
-    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, prepared=None) -> torch.Tensor:
         m, n = A.shape[0], B.shape[1]
-        pa, pb = _csr(A), _csr(B)
-        crow, col, val = _forward_csr(*pa, *pb, m, n)
+        # prepared: (A's CSR parts, B's, multiplies per row of A) from spspmm's estimate
+        pa, pb, work = prepared if prepared is not None else (_csr(A), _csr(B), None)
+        crow, col, val = _forward_csr(*pa, *pb, m, n, work)
         ctx.save_for_backward(*pa, *pb)
         ctx.layouts = (A, B)
         ctx.n = n
@@ -266,7 +396,7 @@ class _SpSpMM(torch.autograd.Function):
         A, B = ctx.layouts
         need_a, need_b = ctx.needs_input_grad[:2]
         if g is None:
-            return None, None
+            return None, None, None
         g_crow = g_col = g_val = g_dense = None
         covers = False
         if g.layout == torch.strided:
@@ -283,7 +413,7 @@ class _SpSpMM(torch.autograd.Function):
         ga, gb = _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col,
                                   g_val, g_dense, ctx.n, need_a, need_b, reset=not covers)
         return (_like(A, crow_a, col_a, ga) if need_a else None,
-                _like(B, crow_b, col_b, gb) if need_b else None)
+                _like(B, crow_b, col_b, gb) if need_b else None, None)
 
 
 def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
@@ -322,8 +452,12 @@ def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
         _check_finite(op, "A", A)
         _check_finite(op, "B", B)
     limit = available_memory_bytes() if max_bytes is None else float(max_bytes)
+    with torch.no_grad():  # the CSR parts once, for the estimate and the product
+        pa = tuple(t.detach() for t in _csr(A))   # a CSR leaf's values() keeps requires_grad
+        pb = tuple(t.detach() for t in _csr(B))
+        work = _row_multiplies(pa[0], pa[1], pb[0])
     if limit is not None:
-        est = product_nnz_estimate(A, B)
+        est = _estimate(float(work.sum()), A.shape[0], B.shape[1], pa[2].element_size())
         if est["bytes_estimate"] > limit:
             gib = 2.0 ** 30
             raise MemoryError(
@@ -333,7 +467,7 @@ def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
                 f"{est['multiplies']:.3g} multiplies), but only {limit / gib:.1f} GiB "
                 f"{'is available' if max_bytes is None else 'is allowed (max_bytes)'}; "
                 f"compute it in row blocks of A, or pass max_bytes to override")
-    return _SpSpMM.apply(A, B)
+    return _SpSpMM.apply(A, B, (pa, pb, work))
 
 
 # ----------------------------------------------------------------------------- spmm, sddmm
