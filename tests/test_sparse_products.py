@@ -159,6 +159,24 @@ def test_spspmm_threaded_workers_keep_grad_mode_off(monkeypatch):
     assert not ga.requires_grad and not gb.requires_grad
 
 
+def test_spspmm_workers_leave_the_callers_thread_count_alone(monkeypatch):
+    """The backward's workers run their ops on one core each; the caller's setting stays."""
+    from difflinalg.sparse import products
+    monkeypatch.setattr(products, "_PARALLEL_MIN_WORK", 0)
+    threads = torch.get_num_threads()
+    A, B = _leaf(_dense(12, 9, 0.4, 16), "csr"), _leaf(_dense(9, 10, 0.4, 17), "csr")
+    C = spspmm(A, B)
+    seen = []
+    real = products._one_intra_op_thread
+    monkeypatch.setattr(products, "_one_intra_op_thread",
+                        lambda: (real(), seen.append(torch.get_num_threads())))
+    monkeypatch.setattr(products, "_workers", lambda work, device: 2)
+    monkeypatch.setattr(products, "_DENSE_BLOCK", 10 * 3)   # 3 rows a block: 4 blocks
+    torch.autograd.grad(C, (A, B), C.detach())
+    assert torch.get_num_threads() == threads
+    assert len(seen) == 2 and (products._OMP_SET_NUM_THREADS is False or seen == [1, 1])
+
+
 def test_spspmm_float32():
     Ad, Bd = _dense(40, 30, 0.2, 10), _dense(30, 20, 0.2, 11)
     C = spspmm(Ad.float().to_sparse_csr(), Bd.float().to_sparse_csr())

@@ -33,6 +33,7 @@ Layouts: ``torch.sparse_coo`` (coalesced first; duplicates are summed) and
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Any
 
@@ -48,6 +49,7 @@ _PAIR_BLOCK = 1 << 20     # pairs per block of the backward (8 MB per index temp
 _DENSE_BLOCK = 1 << 22    # entries of the dense row buffer of G (16 MB in float32)
 _PARALLEL_MIN_WORK = 1 << 21  # multiplies from which spspmm shares its work among threads
 _MAX_WORKERS = 8
+_OMP_SET_NUM_THREADS: Any = None  # omp_set_num_threads, found on first use
 
 
 # ----------------------------------------------------------------------------- checks
@@ -156,10 +158,10 @@ def _estimate(mults: float, m: int, n: int, itemsize: int) -> dict[str, float]:
 def _row_multiplies(crow_a: torch.Tensor, col_a: torch.Tensor,
                     crow_b: torch.Tensor) -> torch.Tensor:
     """Products each row of A forms with B (int64, O(nnz(A)))."""
-    per_entry = crow_b.diff().index_select(0, col_a)
-    out = torch.zeros(crow_a.numel() - 1, dtype=torch.int64, device=crow_a.device)
-    out.index_add_(0, _rows(crow_a), per_entry)
-    return out
+    per_entry = crow_b.diff().index_select(0, col_a).long()
+    cum = torch.zeros(per_entry.numel() + 1, dtype=torch.int64, device=crow_a.device)
+    torch.cumsum(per_entry, 0, out=cum[1:])
+    return cum.index_select(0, crow_a[1:]) - cum.index_select(0, crow_a[:-1])
 
 
 def _balanced_row_blocks(row_work: torch.Tensor, parts: int) -> list[tuple[int, int]]:
@@ -228,9 +230,11 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
     return indptr, indices, data
 
 
-def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work=None):
+def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work=None, raw=()):
     """C = A B as sorted CSR parts (int32 or int64 indices); ``work``: the multiplies per
-    row of A (:func:`_row_multiplies`), computed here when not given."""
+    row of A (:func:`_row_multiplies`), computed here when not given; ``raw``: the caller's
+    own CSR index tensors (crow_a, col_a, crow_b, col_b) where they exist, handed to scipy
+    without a copy when their dtype is the one it gets."""
     if val_a.device.type == "cpu":
         try:
             import scipy.sparse as ssp
@@ -243,11 +247,16 @@ def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work=None):
             small = max(m, n, k, int(crow_a[-1]), int(crow_b[-1])) < 2 ** 31 - 1
             idx = torch.int32 if small else torch.int64
 
-            def np_(t: torch.Tensor):
-                return t.to(idx).numpy()
+            mine = dict(zip(("crow_a", "col_a", "crow_b", "col_b"), raw))
 
-            a = ssp.csr_matrix((val_a.detach().numpy(), np_(col_a), np_(crow_a)), shape=(m, k))
-            b = ssp.csr_matrix((val_b.detach().numpy(), np_(col_b), np_(crow_b)), shape=(k, n))
+            def np_(t: torch.Tensor, name: str):
+                own = mine.get(name)
+                return (own if own is not None and own.dtype == idx else t.to(idx)).numpy()
+
+            a = ssp.csr_matrix((val_a.detach().numpy(), np_(col_a, "col_a"),
+                                np_(crow_a, "crow_a")), shape=(m, k))
+            b = ssp.csr_matrix((val_b.detach().numpy(), np_(col_b, "col_b"),
+                                np_(crow_b, "crow_b")), shape=(k, n))
             if work is None:
                 work = _row_multiplies(crow_a, col_a, crow_b)
             workers = _workers(int(work.sum()), val_a.device)
@@ -285,6 +294,23 @@ def _workers(work: int, device: torch.device) -> int:
     return max(1, min(torch.get_num_threads(), _MAX_WORKERS))
 
 
+def _one_intra_op_thread() -> None:
+    """Make the calling thread's torch CPU ops use one core (OpenMP's thread count is a
+    per-thread setting: the caller's other threads and torch's global setting are left
+    alone). For the worker threads the product and backward create: two workers whose ops
+    each start an OpenMP team on a 2-core machine spin against each other (measured 1.14x
+    slower). Does nothing where the OpenMP runtime's symbol is not found."""
+    global _OMP_SET_NUM_THREADS
+    if _OMP_SET_NUM_THREADS is None:
+        try:
+            _OMP_SET_NUM_THREADS = ctypes.CDLL(None).omp_set_num_threads
+        except (OSError, AttributeError):  # pragma: no cover - no OpenMP in this build
+            _OMP_SET_NUM_THREADS = False
+    if _OMP_SET_NUM_THREADS:
+        torch.get_num_threads()  # torch's per-thread lazy initialisation comes first
+        _OMP_SET_NUM_THREADS(1)
+
+
 def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, g_val,
                      g_dense, n, need_a, need_b, reset=True):
     """(dL/dA values, dL/dB values) by the pair enumeration of the module docstring.
@@ -306,10 +332,19 @@ def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, 
               if int(crow_a[r0]) != int(crow_a[r1])]
     workers = min(_workers(int(row_pairs.sum()), dev), max(len(blocks), 1))
     buf_len = min(m, max(1, _DENSE_BLOCK // max(n, 1))) * n
+    # B's column and value side by side (the value's bits as an integer of its width): the
+    # pairs read both with one gather
+    packed = val_b
+    if packed.element_size() == 4 and n > torch.iinfo(torch.int32).max:  # pragma: no cover
+        packed = packed.double()                # columns past int32: values widened
+    bits = torch.int32 if packed.element_size() == 4 else torch.int64
+    col_val_b = torch.stack([col_b.to(bits), packed.view(bits)], 1)
 
     grad_mode = torch.is_grad_enabled()  # threads start with grad mode on: pass it along
 
     def run(mine: list[tuple[int, int]]) -> torch.Tensor | None:
+        if workers > 1:  # a worker of ours: its ops on one core each (no oversubscription)
+            _one_intra_op_thread()
         with torch.set_grad_enabled(grad_mode):
             return run_blocks(mine)
 
@@ -330,9 +365,10 @@ def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, 
                 if buf is None:  # zero once; each block puts its zeros back after use
                     buf = torch.zeros(buf_len, dtype=dt, device=dev)
                 s0, s1 = int(g_crow[r0]), int(g_crow[r1])
-                g_rows = torch.repeat_interleave(
-                    torch.arange(rows, device=dev), g_crow[r0:r1 + 1].diff().long())
-                written = g_rows * n + g_col[s0:s1]
+                written = torch.repeat_interleave(
+                    torch.arange(0, rows * n, n, device=dev), g_crow[r0:r1 + 1].diff().long(),
+                    output_size=s1 - s0)
+                written += g_col[s0:s1]
                 buf.index_copy_(0, written, g_val[s0:s1])
                 w = buf
             # pairs of this block, grouped by A entry: B position = start of the B row plus
@@ -343,12 +379,14 @@ def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, 
             pair_b += torch.arange(total, device=dev)
             flat = torch.repeat_interleave(_rows(crow_a[r0:r1 + 1] - e0) * n, cnt,
                                            output_size=total)
-            flat += col_b.index_select(0, pair_b)
+            cv = col_val_b.index_select(0, pair_b)       # (l, B_kl) of every pair, one gather
+            flat += cv[:, 0]
             gw = w.index_select(0, flat)                 # G_il of every pair
             del flat
             if need_a:  # runs of consecutive pairs belong to one A entry: a segment sum
-                ga[e0:e1] = torch.segment_reduce(gw * val_b.index_select(0, pair_b), "sum",
+                ga[e0:e1] = torch.segment_reduce(gw * cv[:, 1].view(packed.dtype), "sum",
                                                  lengths=cnt)
+            del cv
             if need_b:
                 gw *= torch.repeat_interleave(val_a[e0:e1], cnt, output_size=total)
                 gb.index_add_(0, pair_b, gw)
@@ -378,7 +416,9 @@ class _SpSpMM(torch.autograd.Function):
         m, n = A.shape[0], B.shape[1]
         # prepared: (A's CSR parts, B's, multiplies per row of A) from spspmm's estimate
         pa, pb, work = prepared if prepared is not None else (_csr(A), _csr(B), None)
-        crow, col, val = _forward_csr(*pa, *pb, m, n, work)
+        raw = tuple(t for x in (A, B) for t in ((x.crow_indices(), x.col_indices())
+                                                if x.layout == torch.sparse_csr else (None,) * 2))
+        crow, col, val = _forward_csr(*pa, *pb, m, n, work, raw)
         ctx.save_for_backward(*pa, *pb)
         ctx.layouts = (A, B)
         ctx.n = n
