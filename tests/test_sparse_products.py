@@ -234,7 +234,8 @@ def test_sddmm_values_and_gradients(layout):
 
 def test_errors_name_op_and_argument():
     A = _sparse(_dense(3, 4, 0.5, 16), "csr")
-    with pytest.raises(ValueError, match=r"^spspmm: expected A's columns to match B's rows"):
+    with pytest.raises(ValueError, match=r"^spspmm: expected A \(\*, m, k\) and B .*A's "
+                                         r"columns matching"):
         spspmm(A, A)
     with pytest.raises(TypeError, match=r"^spspmm: expected B to be a sparse torch.Tensor"):
         spspmm(A, [1, 2])
@@ -252,3 +253,76 @@ def test_errors_name_op_and_argument():
         spspmm(bad, _sparse(_dense(4, 2, 0.5, 18), "csr"), check=True)
     with pytest.raises(ValueError, match=r"^sddmm: expected X \(m, k\) and Y \(k, n\)"):
         sddmm(A, torch.randn(3, 2, dtype=f64), torch.randn(3, 4, dtype=f64))
+
+
+def _batch(dense, layout):
+    """A batch (b, m, k) as 3-D COO or torch's batched CSR (equal nnz: every matrix alike)."""
+    return dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
+
+
+@pytest.mark.parametrize("la", LAYOUTS)
+@pytest.mark.parametrize("lb", LAYOUTS)
+def test_spspmm_batched_values_and_gradients_match_dense(la, lb):
+    # batched CSR needs one nnz per matrix: the CSR operands use one pattern for the batch
+    b, m, k, n = 3, 6, 5, 7
+    pat_a, pat_b = _dense(m, k, 0.4, 20, empty_row=2) != 0, _dense(k, n, 0.4, 21) != 0
+    Ad = torch.randn(b, m, k, dtype=f64) * pat_a
+    Bd = torch.randn(b, k, n, dtype=f64) * pat_b
+    if la == "coo":
+        Ad[1] = _dense(m, k, 0.3, 22)   # COO batches may differ in pattern
+    A, B = _batch(Ad, la).requires_grad_(), _batch(Bd, lb).requires_grad_()
+    C = spspmm(A, B)
+    assert C.layout == A.layout and C.shape == (b, m, n)
+    torch.testing.assert_close(C.to_dense(), Ad @ Bd)
+    # an incoming gradient on C's pattern, in C's layout (torch cannot differentiate
+    # to_dense of a batched CSR tensor, so the test does not go through it)
+    Cd = C.detach()
+    if Cd.layout == torch.sparse_csr:
+        G = torch.sparse_csr_tensor(Cd.crow_indices(), Cd.col_indices(),
+                                    torch.randn(Cd.values().shape, dtype=f64), Cd.shape)
+    else:
+        G = torch.sparse_coo_tensor(Cd.indices(), torch.randn(Cd._nnz(), dtype=f64),
+                                    Cd.shape, is_coalesced=True)
+    ga, gb = torch.autograd.grad(C, (A, B), G)
+    Gd = G.to_dense()
+    for X, Xd, grad, ref in ((A, Ad, ga, Gd @ Bd.mT), (B, Bd, gb, Ad.mT @ Gd)):
+        assert grad.layout == X.layout and grad.shape == X.shape
+        torch.testing.assert_close(grad.to_dense(), ref * (Xd != 0))
+
+
+def test_spspmm_batched_gradcheck_and_dense_incoming_gradient():
+    m, k, n = 4, 3, 5
+    Ad, Bd = _dense(m, k, 0.6, 23), _dense(k, n, 0.6, 24)
+    A0 = torch.stack([Ad, 2 * Ad]).to_sparse()
+    B0 = torch.stack([Bd, Bd - 0.25 * (Bd != 0)]).to_sparse()
+
+    def f(va, vb):
+        A = torch.sparse_coo_tensor(A0.indices(), va, A0.shape, is_coalesced=True)
+        B = torch.sparse_coo_tensor(B0.indices(), vb, B0.shape, is_coalesced=True)
+        return spspmm(A, B).to_dense()   # the incoming gradient is dense (b, m, n)
+
+    va = A0.values().clone().requires_grad_()
+    vb = B0.values().clone().requires_grad_()
+    assert gradcheck(f, (va, vb))
+
+
+def test_spspmm_batched_csr_with_unequal_products_asks_for_coo():
+    Ad = torch.zeros(2, 3, 3, dtype=f64)
+    Ad[0, 0, 0] = Ad[1, 1, 1] = 1.0
+    Bd = torch.zeros(2, 3, 3, dtype=f64)
+    Bd[0, 0, :] = 1.0                    # first product: 3 entries
+    Bd[1, 0, 0] = 1.0                    # second: none (row 1 of B[1] is empty)
+    Bd[0, 2, 2] = Bd[1, 2, 1] = 1.0      # keep B's batched CSR at 4 entries each
+    Bd[1, 2, 0] = Bd[1, 2, 2] = 1.0
+    with pytest.raises(ValueError, match="spspmm: .*COO"):
+        spspmm(Ad.to_sparse_csr(), Bd.to_sparse_csr())
+    C = spspmm(Ad.to_sparse(), Bd.to_sparse())
+    torch.testing.assert_close(C.to_dense(), Ad @ Bd)
+
+
+def test_spspmm_batch_shape_errors():
+    A = torch.eye(3, dtype=f64).expand(2, 3, 3).to_sparse()
+    with pytest.raises(ValueError, match="spspmm: .*one batch shape"):
+        spspmm(A, torch.eye(3, dtype=f64).to_sparse())
+    with pytest.raises(ValueError, match="spspmm: .*one batch shape"):
+        spspmm(A, torch.eye(3, dtype=f64).expand(3, 3, 3).to_sparse())

@@ -303,9 +303,8 @@ def apply(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
 #   dL/dV = V w_sym - (G C^T + E Z^T)
 # (the diagonal of w is the exact-tau term; it is dropped for whole columns whose norm was
 # clamped at eps). That is 13 kernels where the general backward launches about 20, and
-# nothing but the input is saved. The constant E, the strict-lower mask and the masks of
-# M and of w_sym are cached per shape. Double backward and vmapped gradients hand over to
-# the general engine.
+# nothing but the input is saved. The k x k masks of M and of w_sym are cached per k.
+# Double backward and vmapped gradients hand over to the general engine.
 SMALL_MAX_K = 64
 SMALL_MAX_NUMEL = 1 << 16
 _TWO64 = torch.full((), 2.0, dtype=torch.float64)
@@ -314,21 +313,21 @@ _SMALL_CONSTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _SMALL_CONSTS_MAX = 64
 
 
-def _small_consts(m: int, k: int, dtype: torch.dtype, device: torch.device
-                  ) -> tuple[torch.Tensor, ...]:
-    """(E (m, k), strict-lower mask (m, k), M-mask (k, k): ones above the diagonal and 1/2
-    on it, upper-with-diagonal bool mask (k, k), I_k / 2); cached, never handed out."""
-    key = (m, k, dtype, device)
+def _small_consts(k: int, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(M-mask (k, k): ones above the diagonal and 1/2 on it, upper-with-diagonal bool mask
+    (k, k), I_k / 2); cached per (k, dtype, device) - at most 64 x 64 each - and never
+    handed out."""
+    key = (k, dtype, device)
     out = _SMALL_CONSTS.get(key)
     if out is None:
         if len(_SMALL_CONSTS) >= _SMALL_CONSTS_MAX:
             _SMALL_CONSTS.pop(next(iter(_SMALL_CONSTS)))
-        eye = torch.eye(m, k, dtype=dtype, device=device)
-        lower = torch.ones(m, k, dtype=dtype, device=device).tril_(-1)
         m_mask = torch.ones(k, k, dtype=dtype, device=device).triu_()
         m_mask.diagonal().fill_(0.5)
         upper = torch.ones(k, k, dtype=torch.bool, device=device).triu_()
-        out = _SMALL_CONSTS[key] = (eye, lower, m_mask, upper, eye[:k] * 0.5)
+        half_eye = torch.eye(k, dtype=dtype, device=device).mul_(0.5)
+        out = _SMALL_CONSTS[key] = (m_mask, upper, half_eye)
     return out
 
 
@@ -341,19 +340,23 @@ def _engine_ctx(a: torch.Tensor, unit_lower: bool, eps: float) -> Any:
         transpose=False, eps=eps)
 
 
-def _small_backward(a: torch.Tensor, low: torch.Tensor | None, g: torch.Tensor,
-                    unit_lower: bool, eps: float) -> torch.Tensor:
-    """dL/dA of Y = Q E (tau = None) for a (*, m, k) with at most one batch dim; ``low`` is
-    L = tril(A, -1) for unit-lower V (kept by the forward), None for whole columns."""
-    m, k = a.shape[-2], a.shape[-1]
-    eye, lower, m_mask, upper, half_eye = _small_consts(m, k, a.dtype, a.device)
+def _small_backward(a: torch.Tensor, g: torch.Tensor, unit_lower: bool,
+                    eps: float) -> torch.Tensor:
+    """dL/dA of Y = Q E (tau = None) for a (*, m, k) with at most one batch dim. Peak: G,
+    V and dL/dV, k x k blocks aside (L becomes V in place: few allocations, which is what
+    the resident peak of small inputs follows)."""
+    k = a.shape[-1]
+    m_mask, upper, half_eye = _small_consts(k, a.dtype, a.device)
     mm = torch.mm if a.dim() == 2 else torch.bmm
     active = None
-    if low is not None:
+    if unit_lower:
         # V = E + L and M from L^T V = L[:k]^T + L^T L: the diagonal ||l_j||^2 is a sum of
         # like terms and the 1 of ||v_j||^2 = 1 + ||l_j||^2 is added once, at the end
-        v = low + eye
-        s = torch.addcmul(half_eye, mm(low.mT, v), m_mask)
+        v = a.tril(-1)                                    # L, made V in place below
+        s = mm(v.mT, v)
+        s += v.narrow(-2, 0, k).mT
+        s = torch.addcmul(half_eye, s, m_mask)
+        v.diagonal(dim1=-2, dim2=-1).add_(1.0)
     else:
         v = a
         s = mm(v.mT, v)
@@ -377,28 +380,25 @@ def _small_backward(a: torch.Tensor, low: torch.Tensor | None, g: torch.Tensor,
     else:
         gv.baddbmm_(v, w, beta=-1.0)
     if unit_lower:
-        gv.mul_(lower)                                    # only the strict lower part is read
+        gv.narrow(-2, 0, k).tril_(-1)                     # only the strict lower part is read
     return gv
 
 
-def _small_forward(a: torch.Tensor, unit_lower: bool, eps: float
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(Y, L) for Y = Q E with tau = None and a (*, m, k) with at most one batch dim.
+def _small_forward(a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
+    """Y = Q E with tau = None for a (*, m, k) with at most one batch dim.
 
     Unit-lower V on the CPU: LAPACK's orgqr with tau = 2 / (1 + ||l_j||^2), the sum of
     squares and the division in float64 (as :func:`_exact_tau_unit_lower`, in fewer
-    kernels); L = tril(A, -1) is returned for the backward. Otherwise the engine's forward.
+    kernels). Otherwise the engine's forward.
     """
     k = a.shape[-1]
     if unit_lower and FORWARD_BACKEND == "auto" and a.device.type == "cpu":
-        _, lower, *_ = _small_consts(a.shape[-2], k, a.dtype, a.device)
-        low = a * lower
+        low = a.tril(-1)
         sq = torch.linalg.vecdot(low, low, dim=-2)
         # float64 ones promote the sum to float64; the quotient is rounded once into tau
         tau = torch.div(_TWO64, sq + _ONES64[:k], out=torch.empty_like(sq))
-        return torch.linalg.householder_product(a, tau), low
-    y = _forward(a, None, None, k, unit_lower, False, eps, k)
-    return y, (a.tril(-1) if unit_lower else None)
+        return torch.linalg.householder_product(a, tau)
+    return _forward(a, None, None, k, unit_lower, False, eps, k)
 
 
 class _SmallOrgqr(torch.autograd.Function):
@@ -410,24 +410,24 @@ class _SmallOrgqr(torch.autograd.Function):
         ctx.unit_lower, ctx.eps, ctx.fwd_a = unit_lower, eps, a
         if a.is_cuda:
             with no_tf32(a):
-                y, low = _small_forward(a, unit_lower, eps)
+                y = _small_forward(a, unit_lower, eps)
         else:
-            y, low = _small_forward(a, unit_lower, eps)
-        ctx.save_for_backward(a, low)
+            y = _small_forward(a, unit_lower, eps)
+        ctx.save_for_backward(a)  # L is rebuilt in the backward: no m x k copy kept
         return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
-        a, low = ctx.saved_tensors
+        (a,) = ctx.saved_tensors
         if torch.is_grad_enabled() or not tri.plain_tensor(g):
             # create_graph or a vmapped gradient: the general engine's rule, which handles both
             gv = HouseholderApply.backward(_engine_ctx(a, ctx.unit_lower, ctx.eps), g)[0]
             return gv, None, None
         if a.is_cuda:
             with no_tf32(a):
-                gv = _small_backward(a, low, g, ctx.unit_lower, ctx.eps)
+                gv = _small_backward(a, g, ctx.unit_lower, ctx.eps)
         else:
-            gv = _small_backward(a, low, g, ctx.unit_lower, ctx.eps)
+            gv = _small_backward(a, g, ctx.unit_lower, ctx.eps)
         return gv, None, None
 
     @staticmethod

@@ -55,15 +55,16 @@ _OMP_SET_NUM_THREADS: Any = None  # omp_set_num_threads, found on first use
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_sparse(op: str, name: str, x: Any) -> torch.Tensor:
+def _check_sparse(op: str, name: str, x: Any, batched: bool = False) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise DTypeError(f"{op}: expected {name} to be a sparse torch.Tensor, but got "
                          f"{type(x).__name__}")
     if x.layout not in _LAYOUTS:
         raise DTypeError(f"{op}: expected {name} in layout torch.sparse_coo or "
                          f"torch.sparse_csr, but got layout {x.layout} with {describe(name, x)}")
-    if x.dim() != 2 or x.dense_dim() != 0:
-        raise ShapeError(f"{op}: expected {name} to be a 2-D sparse matrix with scalar values, "
+    if x.dim() not in ((2, 3) if batched else (2,)) or x.dense_dim() != 0:
+        what = "a 2-D sparse matrix or a 3-D batch of them" if batched else "a 2-D sparse matrix"
+        raise ShapeError(f"{op}: expected {name} to be {what} with scalar values, "
                          f"but got {describe(name, x)} (sparse dims {x.sparse_dim()}, dense "
                          f"dims {x.dense_dim()})")
     if x.dtype not in (torch.float32, torch.float64):
@@ -96,7 +97,10 @@ def _check_finite(op: str, name: str, x: torch.Tensor) -> None:
 
 
 def _csr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(crow, col, values) of a 2-D sparse matrix, int64 indices, duplicates summed."""
+    """(crow, col, values) of a 2-D sparse matrix, int64 indices, duplicates summed; a 3-D
+    batch (b, m, k) gives its block-diagonal (b m, b k) matrix, stored entries in order."""
+    if x.dim() == 3:
+        return _block_diagonal_csr(x)
     if x.layout == torch.sparse_csr:
         return x.crow_indices().long(), x.col_indices().long(), x.values()
     if not x.is_coalesced():
@@ -108,6 +112,54 @@ def _csr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return crow, idx[1], x.values()
 
 
+def _block_diagonal_csr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSR parts of diag(x[0], ..., x[b-1]) for a batch x (b, m, k) of sparse matrices; the
+    stored entries keep their order (batch by batch, rows, columns)."""
+    b, m, k = x.shape
+    dev = x.device
+    if x.layout == torch.sparse_csr:  # torch's batched CSR: one nnz for every matrix
+        crow, col, val = x.crow_indices().long(), x.col_indices().long(), x.values()
+        per = col.shape[-1]
+        shift = torch.arange(b, device=dev).unsqueeze(-1)
+        crow2 = torch.cat([(crow[:, :-1] + shift * per).reshape(-1),
+                           torch.full((1,), b * per, dtype=torch.int64, device=dev)])
+        return crow2, (col + shift * k).reshape(-1), val.reshape(-1)
+    if not x.is_coalesced():
+        x = x.coalesce()
+    idx = x.indices()
+    rows = idx[0] * m + idx[1]
+    counts = torch.bincount(rows, minlength=b * m)
+    crow = torch.zeros(b * m + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return crow, idx[0] * k + idx[2], x.values()
+
+
+def _from_block_diagonal(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
+                         shape: tuple[int, int, int], layout: torch.layout) -> torch.Tensor:
+    """The batch (b, m, n) of the block-diagonal CSR parts of a (b m, b n) matrix."""
+    b, m, n = shape
+    rows = _rows(crow.long())
+    batch = torch.div(rows, m, rounding_mode="floor")
+    local_col = col.long() - batch * n
+    if layout == torch.sparse_coo:
+        idx = torch.stack([batch, rows - batch * m, local_col])
+        return torch.sparse_coo_tensor(idx, val, shape, is_coalesced=True)
+    starts = crow.long()[::m]                       # b + 1 offsets: where each matrix starts
+    per = starts.diff()
+    if b and not bool((per == per[0]).all()):
+        raise ValueError(
+            f"spspmm: torch's batched CSR tensors hold one number of entries for every "
+            f"matrix, but the products of this batch have {per.min().item()} to "
+            f"{per.max().item()}; pass the batch in COO layout (A.to_sparse_coo()) for a "
+            f"batched COO result")
+    nnz = int(per[0]) if b else 0
+    crow3 = crow.long()[:-1].view(b, m) - starts[:-1].unsqueeze(-1)
+    crow3 = torch.cat([crow3, torch.full((b, 1), nnz, dtype=torch.int64,
+                                         device=crow.device)], 1)
+    return torch.sparse_csr_tensor(crow3.to(crow.dtype), local_col.view(b, nnz).to(col.dtype),
+                                   val.view(b, nnz), shape)
+
+
 def _rows(crow: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device),
                                    crow.diff())
@@ -115,7 +167,17 @@ def _rows(crow: torch.Tensor) -> torch.Tensor:
 
 def _like(pattern: torch.Tensor, crow: torch.Tensor, col: torch.Tensor,
           values: torch.Tensor) -> torch.Tensor:
-    """A sparse tensor of ``pattern``'s layout and shape with these CSR parts."""
+    """A sparse tensor of ``pattern``'s layout and shape with these CSR parts (for a batch
+    ``pattern``: the parts of its block-diagonal matrix)."""
+    if pattern.dim() == 3:
+        if pattern.layout == torch.sparse_csr:
+            return torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(),
+                                           values.view(pattern.values().shape), pattern.shape)
+        b, m, k = pattern.shape
+        rows = _rows(crow)
+        batch = torch.div(rows, m, rounding_mode="floor")
+        idx = torch.stack([batch, rows - batch * m, col - batch * k])
+        return torch.sparse_coo_tensor(idx, values, pattern.shape, is_coalesced=True)
     if pattern.layout == torch.sparse_csr:
         return torch.sparse_csr_tensor(crow.to(pattern.crow_indices().dtype),
                                        col.to(pattern.col_indices().dtype), values,
@@ -413,11 +475,15 @@ class _SpSpMM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, prepared=None) -> torch.Tensor:
-        m, n = A.shape[0], B.shape[1]
+        # a batch (b, m, k) @ (b, k, n) is the product of the block-diagonal matrices
+        batch = A.dim() == 3
+        m, n = ((A.shape[0] * A.shape[1], B.shape[0] * B.shape[2]) if batch
+                else (A.shape[0], B.shape[1]))
         # prepared: (A's CSR parts, B's, multiplies per row of A) from spspmm's estimate
         pa, pb, work = prepared if prepared is not None else (_csr(A), _csr(B), None)
         raw = tuple(t for x in (A, B) for t in ((x.crow_indices(), x.col_indices())
-                                                if x.layout == torch.sparse_csr else (None,) * 2))
+                                                if x.layout == torch.sparse_csr and not batch
+                                                else (None,) * 2))
         crow, col, val = _forward_csr(*pa, *pb, m, n, work, raw)
         ctx.save_for_backward(*pa, *pb)
         ctx.layouts = (A, B)
@@ -425,6 +491,9 @@ class _SpSpMM(torch.autograd.Function):
         # C's pattern (the index tensors the output holds: no copy), to recognise an incoming
         # gradient on exactly that pattern, for which the backward's buffer needs no reset
         ctx.c_pattern = (crow, col)
+        ctx.batch_shape = (A.shape[0], A.shape[1], B.shape[2]) if batch else None
+        if batch:
+            return _from_block_diagonal(crow, col, val, ctx.batch_shape, A.layout)
         if A.layout == torch.sparse_coo:
             return torch.sparse_coo_tensor(torch.stack([_rows(crow.long()), col.long()]), val,
                                            (m, n), is_coalesced=True)
@@ -439,7 +508,18 @@ class _SpSpMM(torch.autograd.Function):
             return None, None, None
         g_crow = g_col = g_val = g_dense = None
         covers = False
-        if g.layout == torch.strided:
+        if ctx.batch_shape is not None:
+            if g.layout == torch.strided:  # read at C's pattern: a gradient on that pattern
+                b, m, n = ctx.batch_shape
+                c_crow, c_col = (t.long() for t in ctx.c_pattern)
+                rows = _rows(c_crow)
+                bi = torch.div(rows, m, rounding_mode="floor")
+                g_crow, g_col = c_crow, c_col
+                g_val = g[bi, rows - bi * m, c_col - bi * n]
+                covers = True
+            else:
+                g_crow, g_col, g_val = _csr(g)
+        elif g.layout == torch.strided:
             g_dense = g
         elif g.layout == torch.sparse_csr:
             g_crow, g_col, g_val = g.crow_indices(), g.col_indices(), g.values()
@@ -461,14 +541,19 @@ def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
     r"""Sparse times sparse, ``A @ B``, as a sparse matrix, with gradients on the patterns.
 
     Args:
-        A: ``(m, k)`` sparse, layout COO or CSR, float32 or float64.
-        B: ``(k, n)`` sparse, same dtype and device (either layout).
+        A: ``(m, k)`` sparse, layout COO or CSR, float32 or float64; or a batch
+            ``(b, m, k)`` (COO with 3 sparse dims, or torch's batched CSR).
+        B: ``(k, n)`` sparse (``(b, k, n)`` for a batch), same dtype and device (either
+            layout).
         max_bytes: refuse (``MemoryError``) when the estimated result needs more; default:
             the memory available (``/proc/meminfo``), unchecked where unknown.
         check: raise on non-finite values.
 
     Returns:
-        ``(m, n)`` sparse in ``A``'s layout (COO coalesced, CSR with sorted columns).
+        ``(m, n)`` (or ``(b, m, n)``) sparse in ``A``'s layout (COO coalesced, CSR with
+        sorted columns). A batch is multiplied as one block-diagonal product; a batched CSR
+        result needs the same number of entries in every product (torch's batched CSR
+        format), else ValueError: pass COO then.
 
     Gradients: w.r.t. the stored values of ``A`` and ``B`` (sparse, same pattern and layout),
     ``O(multiplies)`` work, the forward's count; see the module docstring. On the CPU the
@@ -480,11 +565,12 @@ def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
         True
     """
     op = "spspmm"
-    _check_sparse(op, "A", A)
-    _check_sparse(op, "B", B)
-    if A.shape[1] != B.shape[0]:
-        raise ShapeError(f"{op}: expected A's columns to match B's rows, but got "
-                         f"{describe('A', A)} and {describe('B', B)}")
+    _check_sparse(op, "A", A, batched=True)
+    _check_sparse(op, "B", B, batched=True)
+    if A.dim() != B.dim() or A.shape[:-2] != B.shape[:-2] or A.shape[-1] != B.shape[-2]:
+        raise ShapeError(f"{op}: expected A (*, m, k) and B (*, k, n) with one batch shape "
+                         f"and A's columns matching B's rows, but got {describe('A', A)} and "
+                         f"{describe('B', B)}")
     if A.dtype != B.dtype or A.device != B.device:
         raise DTypeError(f"{op}: expected A and B on one dtype and device, but got "
                          f"{describe('A', A)} and {describe('B', B)}")
@@ -497,7 +583,9 @@ def spspmm(A: torch.Tensor, B: torch.Tensor, *, max_bytes: float | None = None,
         pb = tuple(t.detach() for t in _csr(B))
         work = _row_multiplies(pa[0], pa[1], pb[0])
     if limit is not None:
-        est = _estimate(float(work.sum()), A.shape[0], B.shape[1], pa[2].element_size())
+        # a batch's cells are b m n: the block-diagonal's b m rows times n columns each
+        est = _estimate(float(work.sum()), pa[0].numel() - 1, B.shape[-1],
+                        pa[2].element_size())
         if est["bytes_estimate"] > limit:
             gib = 2.0 ** 30
             raise MemoryError(
