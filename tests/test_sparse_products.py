@@ -326,3 +326,34 @@ def test_spspmm_batch_shape_errors():
         spspmm(A, torch.eye(3, dtype=f64).to_sparse())
     with pytest.raises(ValueError, match="spspmm: .*one batch shape"):
         spspmm(A, torch.eye(3, dtype=f64).expand(3, 3, 3).to_sparse())
+
+
+def _int32_csr(dense):
+    x = dense.to_sparse_csr()
+    return torch.sparse_csr_tensor(x.crow_indices().int(), x.col_indices().int(), x.values(),
+                                   x.shape).requires_grad_()
+
+
+def test_int32_index_csr_operands():
+    """CSR tensors with int32 indices (what scipy and the benchmark use) are read as they
+    are: values and gradients of all three products match the dense ones."""
+    Ad, Bd = _dense(9, 7, 0.4, 30, empty_row=2), _dense(7, 8, 0.4, 31, empty_col=3)
+    A, B = _int32_csr(Ad), _int32_csr(Bd)
+    C = spspmm(A, B)
+    torch.testing.assert_close(C.to_dense(), Ad @ Bd)
+    G = torch.randn(9, 8, dtype=f64)
+    (C.to_dense() * G).sum().backward()
+    torch.testing.assert_close(A.grad.to_dense(), (G @ Bd.T) * (Ad != 0))
+    torch.testing.assert_close(B.grad.to_dense(), (Ad.T @ G) * (Bd != 0))
+    assert A.grad.col_indices().dtype == torch.int32
+    A2 = _int32_csr(Ad)
+    X = torch.randn(7, 3, dtype=f64, requires_grad=True)
+    (spmm(A2, X) * torch.ones(9, 3, dtype=f64)).sum().backward()
+    torch.testing.assert_close(A2.grad.to_dense(), (torch.ones(9, 3, dtype=f64) @ X.T)
+                               * (Ad != 0))
+    Xs = torch.randn(9, 4, dtype=f64, requires_grad=True)
+    Ys = torch.randn(4, 7, dtype=f64, requires_grad=True)
+    S = sddmm(_int32_csr(Ad).detach(), Xs, Ys)
+    torch.testing.assert_close(S.to_dense(), (Xs @ Ys).detach() * (Ad != 0))
+    S.to_dense().sum().backward()
+    torch.testing.assert_close(Xs.grad, (Ad != 0).to(f64) @ Ys.detach().T)

@@ -97,12 +97,15 @@ def _check_finite(op: str, name: str, x: torch.Tensor) -> None:
 
 
 def _csr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(crow, col, values) of a 2-D sparse matrix, int64 indices, duplicates summed; a 3-D
-    batch (b, m, k) gives its block-diagonal (b m, b k) matrix, stored entries in order."""
+    """(crow, col, values) of a 2-D sparse matrix, duplicates summed (int64 indices, or a
+    CSR tensor's own int32 ones); a 3-D batch (b, m, k) gives its block-diagonal
+    (b m, b k) matrix, stored entries in order."""
     if x.dim() == 3:
         return _block_diagonal_csr(x)
     if x.layout == torch.sparse_csr:
-        return x.crow_indices().long(), x.col_indices().long(), x.values()
+        # the caller's index tensors as they are (int32 ones stay: no copy, and scipy and
+        # torch's index kernels take them); every use below widens where it must
+        return x.crow_indices(), x.col_indices(), x.values()
     if not x.is_coalesced():
         x = x.coalesce()
     idx = x.indices()
