@@ -72,6 +72,9 @@ def _exact_tau(v: torch.Tensor, eps: float, unit_lower: bool
     return tau, active
 
 
+_TWO64 = torch.full((), 2.0, dtype=torch.float64)  # a 0-d CPU tensor goes with any device
+
+
 def _exact_tau_unit_lower(a: torch.Tensor) -> torch.Tensor:
     """tau = 2 / (1 + ||a_j||^2) from the strictly-lower part, without forming V.
 
@@ -80,10 +83,11 @@ def _exact_tau_unit_lower(a: torch.Tensor) -> torch.Tensor:
     ||a||^2 (3-7x LAPACK's orthogonality error at parameter scale 1e-3), so that step and
     the division run in float64.
     """
-    sq = a.tril(-1).square_().sum(-2)
-    if a.dtype == torch.float32:
-        return sq.double().add_(1.0).reciprocal_().mul_(2.0).float()
-    return sq.add_(1.0).reciprocal_().mul_(2.0)
+    low = a.tril(-1)
+    sq = torch.linalg.vecdot(low, low, dim=-2)
+    if a.dtype == torch.float32:  # the quotient is rounded once, into the float32 output
+        return torch.div(_TWO64, sq.double().add_(1.0), out=torch.empty_like(sq))
+    return torch.div(_TWO64, sq.add_(1.0))
 
 
 def _s_matrix(v: torch.Tensor) -> torch.Tensor:
@@ -307,8 +311,6 @@ def apply(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
 # Double backward and vmapped gradients hand over to the general engine.
 SMALL_MAX_K = 64
 SMALL_MAX_NUMEL = 1 << 16
-_TWO64 = torch.full((), 2.0, dtype=torch.float64)
-_ONES64 = torch.ones(SMALL_MAX_K, dtype=torch.float64)
 _SMALL_CONSTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _SMALL_CONSTS_MAX = 64
 
@@ -387,17 +389,12 @@ def _small_backward(a: torch.Tensor, g: torch.Tensor, unit_lower: bool,
 def _small_forward(a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
     """Y = Q E with tau = None for a (*, m, k) with at most one batch dim.
 
-    Unit-lower V on the CPU: LAPACK's orgqr with tau = 2 / (1 + ||l_j||^2), the sum of
-    squares and the division in float64 (as :func:`_exact_tau_unit_lower`, in fewer
-    kernels). Otherwise the engine's forward.
+    Unit-lower V on the CPU: LAPACK's orgqr with the exact tau of
+    :func:`_exact_tau_unit_lower`. Otherwise the engine's forward.
     """
     k = a.shape[-1]
-    if unit_lower and FORWARD_BACKEND == "auto" and a.device.type == "cpu":
-        low = a.tril(-1)
-        sq = torch.linalg.vecdot(low, low, dim=-2)
-        # float64 ones promote the sum to float64; the quotient is rounded once into tau
-        tau = torch.div(_TWO64, sq + _ONES64[:k], out=torch.empty_like(sq))
-        return torch.linalg.householder_product(a, tau)
+    if unit_lower and _use_lapack_forward(a, None, True, False):
+        return torch.linalg.householder_product(a, _exact_tau_unit_lower(a))
     return _forward(a, None, None, k, unit_lower, False, eps, k)
 
 

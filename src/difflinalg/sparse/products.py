@@ -137,15 +137,22 @@ def _block_diagonal_csr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return crow, idx[0] * k + idx[2], x.values()
 
 
+def _block_coords(crow: torch.Tensor, col: torch.Tensor, m: int, n: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch, row, column) of each stored entry of a block-diagonal matrix whose blocks are
+    m x n, from its CSR parts (int64)."""
+    rows = _rows(crow.long())
+    batch = torch.div(rows, m, rounding_mode="floor")
+    return batch, rows - batch * m, col.long() - batch * n
+
+
 def _from_block_diagonal(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
                          shape: tuple[int, int, int], layout: torch.layout) -> torch.Tensor:
     """The batch (b, m, n) of the block-diagonal CSR parts of a (b m, b n) matrix."""
     b, m, n = shape
-    rows = _rows(crow.long())
-    batch = torch.div(rows, m, rounding_mode="floor")
-    local_col = col.long() - batch * n
+    batch, row, local_col = _block_coords(crow, col, m, n)
     if layout == torch.sparse_coo:
-        idx = torch.stack([batch, rows - batch * m, local_col])
+        idx = torch.stack([batch, row, local_col])
         return torch.sparse_coo_tensor(idx, val, shape, is_coalesced=True)
     starts = crow.long()[::m]                       # b + 1 offsets: where each matrix starts
     per = starts.diff()
@@ -176,10 +183,7 @@ def _like(pattern: torch.Tensor, crow: torch.Tensor, col: torch.Tensor,
         if pattern.layout == torch.sparse_csr:
             return torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(),
                                            values.view(pattern.values().shape), pattern.shape)
-        b, m, k = pattern.shape
-        rows = _rows(crow)
-        batch = torch.div(rows, m, rounding_mode="floor")
-        idx = torch.stack([batch, rows - batch * m, col - batch * k])
+        idx = torch.stack(_block_coords(crow, col, *pattern.shape[1:]))
         return torch.sparse_coo_tensor(idx, values, pattern.shape, is_coalesced=True)
     if pattern.layout == torch.sparse_csr:
         return torch.sparse_csr_tensor(crow.to(pattern.crow_indices().dtype),
@@ -295,9 +299,9 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
     return indptr, indices, data
 
 
-def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work=None, raw=()):
+def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, raw=()):
     """C = A B as sorted CSR parts (int32 or int64 indices); ``work``: the multiplies per
-    row of A (:func:`_row_multiplies`), computed here when not given; ``raw``: the caller's
+    row of A (:func:`_row_multiplies`); ``raw``: the caller's
     own CSR index tensors (crow_a, col_a, crow_b, col_b) where they exist, handed to scipy
     without a copy when their dtype is the one it gets."""
     if val_a.device.type == "cpu":
@@ -322,8 +326,6 @@ def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work=None, ra
                                 np_(crow_a, "crow_a")), shape=(m, k))
             b = ssp.csr_matrix((val_b.detach().numpy(), np_(col_b, "col_b"),
                                 np_(crow_b, "crow_b")), shape=(k, n))
-            if work is None:
-                work = _row_multiplies(crow_a, col_a, crow_b)
             workers = _workers(int(work.sum()), val_a.device)
             indptr, indices, data = _scipy_sorted_product(ssp, a, b.T.tocsr(), m, n, work,
                                                           workers)
@@ -377,12 +379,13 @@ def _one_intra_op_thread() -> None:
 
 
 def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, g_val,
-                     g_dense, n, need_a, need_b, reset=True):
+                     g_dense, n, need_a, need_b, reset=True, row_pairs=None):
     """(dL/dA values, dL/dB values) by the pair enumeration of the module docstring.
 
     ``reset=False``: the sparse G is known to hold exactly C's pattern, which contains every
     pair's (i, l), so each block reads only entries it has just written and the buffer's
-    stale entries need not be zeroed. The row blocks are shared among worker threads
+    stale entries need not be zeroed. ``row_pairs``: the multiplies per row of A, as the
+    forward computed them (:func:`_row_multiplies`). The row blocks are shared among worker threads
     (:func:`_workers`), each with its own dense buffer and its own dL/dB accumulator
     (summed at the end); the dL/dA of a block is its own slice.
     """
@@ -391,7 +394,8 @@ def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, 
     # gathers and scatters go through index_select / index_copy_ / index_fill_: on 1-D
     # tensors they are about 2x faster than advanced indexing (x[idx], x[idx] = y) on CPU
     pairs_per_entry = crow_b.diff().index_select(0, col_a)  # B-row length of each A entry
-    row_pairs = _row_multiplies(crow_a, col_a, crow_b)
+    if row_pairs is None:
+        row_pairs = _row_multiplies(crow_a, col_a, crow_b)
     m = crow_a.numel() - 1
     blocks = [(r0, r1) for r0, r1 in _pair_blocks(crow_a, row_pairs, n)
               if int(crow_a[r0]) != int(crow_a[r1])]
@@ -484,11 +488,13 @@ class _SpSpMM(torch.autograd.Function):
                 else (A.shape[0], B.shape[1]))
         # prepared: (A's CSR parts, B's, multiplies per row of A) from spspmm's estimate
         pa, pb, work = prepared if prepared is not None else (_csr(A), _csr(B), None)
+        if work is None:
+            work = _row_multiplies(pa[0], pa[1], pb[0])
         raw = tuple(t for x in (A, B) for t in ((x.crow_indices(), x.col_indices())
                                                 if x.layout == torch.sparse_csr and not batch
                                                 else (None,) * 2))
         crow, col, val = _forward_csr(*pa, *pb, m, n, work, raw)
-        ctx.save_for_backward(*pa, *pb)
+        ctx.save_for_backward(*pa, *pb, work)  # work: the backward's block sizes too
         ctx.layouts = (A, B)
         ctx.n = n
         # C's pattern (the index tensors the output holds: no copy), to recognise an incoming
@@ -504,7 +510,7 @@ class _SpSpMM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
-        crow_a, col_a, val_a, crow_b, col_b, val_b = ctx.saved_tensors
+        crow_a, col_a, val_a, crow_b, col_b, val_b, work = ctx.saved_tensors
         A, B = ctx.layouts
         need_a, need_b = ctx.needs_input_grad[:2]
         if g is None:
@@ -513,12 +519,8 @@ class _SpSpMM(torch.autograd.Function):
         covers = False
         if ctx.batch_shape is not None:
             if g.layout == torch.strided:  # read at C's pattern: a gradient on that pattern
-                b, m, n = ctx.batch_shape
-                c_crow, c_col = (t.long() for t in ctx.c_pattern)
-                rows = _rows(c_crow)
-                bi = torch.div(rows, m, rounding_mode="floor")
-                g_crow, g_col = c_crow, c_col
-                g_val = g[bi, rows - bi * m, c_col - bi * n]
+                g_crow, g_col = ctx.c_pattern
+                g_val = g[_block_coords(g_crow, g_col, *ctx.batch_shape[1:])]
                 covers = True
             else:
                 g_crow, g_col, g_val = _csr(g)
@@ -534,7 +536,8 @@ class _SpSpMM(torch.autograd.Function):
         else:
             g_crow, g_col, g_val = _csr(g)
         ga, gb = _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col,
-                                  g_val, g_dense, ctx.n, need_a, need_b, reset=not covers)
+                                  g_val, g_dense, ctx.n, need_a, need_b, reset=not covers,
+                                  row_pairs=work)
         return (_like(A, crow_a, col_a, ga) if need_a else None,
                 _like(B, crow_b, col_b, gb) if need_b else None, None)
 
