@@ -148,6 +148,37 @@ def test_spspmm_threaded_forward_and_backward_match_one_thread(layout, workers, 
     torch.testing.assert_close(results[1][2], (Ad @ Bd).to_sparse_csr().values())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_spspmm_backward_with_a_gradient_off_the_product_pattern(dtype, parallel, monkeypatch):
+    """An incoming sparse G on another pattern than C's (entries C lacks, entries of C
+    missing): its stale entries in the dense buffer must be cleared between row blocks.
+    int32 CSR indices, float32 values gathered packed with B's columns; several blocks."""
+    from difflinalg.sparse import products
+    monkeypatch.setattr(products, "_PARALLEL_MIN_WORK", 0 if parallel else 1 << 62)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(products, "_DENSE_BLOCK", 23 * 3)      # 3 rows a block
+    Ad = _dense(17, 11, 0.3, 21, empty_row=4)
+    Bd = _dense(11, 23, 0.3, 22, empty_col=5)
+    Gd = _dense(17, 23, 0.6, 23) - 1.0                          # off C's pattern in places
+    Gd[Gd == -1.0] = 0
+
+    def csr32(d):
+        c = d.to(dtype).to_sparse_csr()
+        return torch.sparse_csr_tensor(c.crow_indices().int(), c.col_indices().int(),
+                                       c.values(), c.shape)
+
+    A, B = csr32(Ad).requires_grad_(), csr32(Bd).requires_grad_()
+    C = spspmm(A, B)
+    pattern_c = (Ad != 0).double() @ (Bd != 0).double() > 0
+    assert ((Gd != 0) & ~pattern_c).any() and (pattern_c & (Gd == 0)).any()
+    for G in (csr32(Gd), csr32(Gd).to_sparse_coo()):
+        ga, gb = torch.autograd.grad(C, (A, B), G, retain_graph=True)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+        torch.testing.assert_close(ga.to_dense().double(), (Gd @ Bd.T) * (Ad != 0), **tol)
+        torch.testing.assert_close(gb.to_dense().double(), (Ad.T @ Gd) * (Bd != 0), **tol)
+
+
 def test_spspmm_threaded_workers_keep_grad_mode_off(monkeypatch):
     """Worker threads start with grad mode on; the backward's must not record a graph."""
     from difflinalg.sparse import products
