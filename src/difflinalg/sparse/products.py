@@ -50,6 +50,8 @@ _DENSE_BLOCK = 1 << 21    # entries of the dense row buffer of G (8 MB in float3
                           # buffers of two workers stay in a 32 MB L3 cache; 5% faster)
 _PARALLEL_MIN_WORK = 1 << 21  # multiplies from which spspmm shares its work among threads
 _MAX_WORKERS = 8
+_FORWARD_BLOCKS_PER_WORKER = 2  # row blocks of the threaded product per worker (measured at
+# 20000^2: each block pays a pass over all of B, more blocks sort in cache; 2 is the optimum)
 _OMP_SET_NUM_THREADS: Any = None  # omp_set_num_threads, found on first use
 
 
@@ -258,7 +260,7 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
         return ct.indptr, ct.indices, ct.data
     from concurrent.futures import ThreadPoolExecutor
 
-    blocks = _balanced_row_blocks(work, 2 * workers)
+    blocks = _balanced_row_blocks(work, _FORWARD_BLOCKS_PER_WORKER * workers)
 
     def product(block):
         r0, r1 = block
