@@ -179,6 +179,29 @@ def test_spspmm_backward_with_a_gradient_off_the_product_pattern(dtype, parallel
         torch.testing.assert_close(gb.to_dense().double(), (Ad.T @ Gd) * (Bd != 0), **tol)
 
 
+@pytest.mark.parametrize("kernels", ["private", "public"])
+def test_spspmm_threaded_product_through_either_scipy_route(kernels, monkeypatch):
+    """The threaded forward through scipy's private kernels (symbolic pass, then numeric pass
+    and sort per block) and through its public ``@`` (the fallback) give the one-thread
+    product bit for bit."""
+    from difflinalg.sparse import products
+    Ad = _dense(50, 40, 0.15, 31, empty_row=6)
+    Ad[:3] = 0                                          # leading empty rows
+    Bd = _dense(40, 45, 0.15, 32, empty_col=2)
+    A, B = Ad.float().to_sparse_csr(), Bd.float().to_sparse_csr()
+    monkeypatch.setattr(products, "_PARALLEL_MIN_WORK", 1 << 62)
+    one = spspmm(A, B)
+    monkeypatch.setattr(products, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    if kernels == "public":
+        monkeypatch.setattr(products, "_sparsetools", lambda: None)
+    many = spspmm(A, B)
+    assert torch.equal(one.crow_indices().long(), many.crow_indices().long())
+    assert torch.equal(one.col_indices().long(), many.col_indices().long())
+    assert torch.equal(one.values(), many.values())
+    torch.testing.assert_close(many.to_dense().double(), Ad @ Bd, rtol=1e-5, atol=1e-5)
+
+
 def test_spspmm_threaded_workers_keep_grad_mode_off(monkeypatch):
     """Worker threads start with grad mode on; the backward's must not record a graph."""
     from difflinalg.sparse import products

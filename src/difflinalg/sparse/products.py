@@ -51,7 +51,7 @@ _DENSE_BLOCK = 1 << 21    # entries of the dense row buffer of G (8 MB in float3
 _PARALLEL_MIN_WORK = 1 << 21  # multiplies from which spspmm shares its work among threads
 _MAX_WORKERS = 8
 _FORWARD_BLOCKS_PER_WORKER = 2  # row blocks of the threaded product per worker (measured at
-# 20000^2: each block pays a pass over all of B, more blocks sort in cache; 2 is the optimum)
+# 20000^2: each block pays two passes over all of B, more blocks sort in cache; 1-2 best)
 _OMP_SET_NUM_THREADS: Any = None  # omp_set_num_threads, found on first use
 
 
@@ -247,12 +247,27 @@ def _balanced_row_blocks(row_work: torch.Tensor, parts: int) -> list[tuple[int, 
     return [(r0, r1) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0]
 
 
+def _sparsetools() -> tuple | None:
+    """scipy's private CSR kernels (csr_matmat_maxnnz, csr_matmat, csr_tocsc), or None
+    where the private module moved."""
+    try:
+        from scipy.sparse._sparsetools import csr_matmat, csr_matmat_maxnnz, csr_tocsc
+    except ImportError:  # pragma: no cover - private scipy API moved
+        return None
+    return csr_matmat_maxnnz, csr_matmat, csr_tocsc
+
+
 def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, workers: int):
     """C = A B as sorted CSR numpy arrays from scipy CSR ``a`` (m x k) and ``b_t`` = B^T as
     CSR (n x k): per row block of A, C_blk^T = B^T A_blk^T by scipy's SMMP (unsorted CSR),
-    whose CSR -> CSC conversion (a counting sort) is C_blk in sorted CSR. With several
-    workers the blocks run on threads (sparsetools releases the GIL) and each block's sort
-    writes straight into its slice of the result."""
+    whose CSR -> CSC conversion (a counting sort) is C_blk in sorted CSR.
+
+    With several workers the blocks run on threads (sparsetools releases the GIL) in two
+    rounds: each block's exact nnz (SMMP's symbolic pass), then, into the result allocated
+    once, each block's numeric pass and sort, its unsorted part freed before the worker's
+    next block (a worker holds one block's part at a time, not all of them: fewer fresh
+    pages, which cost as much as a tenth of the product here).
+    """
     import numpy as np
 
     if workers <= 1:
@@ -260,7 +275,56 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
         return ct.indptr, ct.indices, ct.data
     from concurrent.futures import ThreadPoolExecutor
 
+    kernels = _sparsetools()
     blocks = _balanced_row_blocks(work, _FORWARD_BLOCKS_PER_WORKER * workers)
+    idx = a.indices.dtype
+    if kernels is None or b_t.indices.dtype != idx:  # see _sparsetools
+        return _scipy_sorted_product_by_matmul(ssp, a, b_t, m, n, blocks, workers)
+    maxnnz, matmat, tocsc = kernels
+
+    def symbolic(block):
+        r0, r1 = block
+        p = a.indptr
+        blk = ssp.csr_matrix((a.data[p[r0]:p[r1]], a.indices[p[r0]:p[r1]],
+                              p[r0:r1 + 1] - p[r0]), shape=(r1 - r0, a.shape[1]))
+        blk_t = blk.T.tocsr()                            # A_blk^T, CSR (k x rows)
+        if blk_t.indices.dtype != idx:  # pragma: no cover - scipy chose wider indices
+            blk_t = ssp.csr_matrix((blk_t.data, blk_t.indices.astype(idx),
+                                    blk_t.indptr.astype(idx)), shape=blk_t.shape)
+        return blk_t, int(maxnnz(n, r1 - r0, b_t.indptr, b_t.indices, blk_t.indptr,
+                                 blk_t.indices))
+
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(symbolic, blocks))
+        offsets = np.concatenate([[0], np.cumsum([nnz for _, nnz in parts])]).astype(np.int64)
+        if offsets[-1] > np.iinfo(idx).max:  # pragma: no cover - past int32: wider indices
+            return _scipy_sorted_product_by_matmul(ssp, a, b_t, m, n, blocks, workers)
+        indptr = np.empty(m + 1, dtype=idx)
+        indptr[0] = 0
+        indices = np.empty(offsets[-1], dtype=idx)
+        data = np.empty(offsets[-1], dtype=a.dtype)
+
+        def numeric_and_sort(i):
+            (r0, r1), (blk_t, nnz), o0 = blocks[i], parts[i], offsets[i]
+            cp = np.empty(n + 1, dtype=idx)
+            cj = np.empty(nnz, dtype=idx)
+            cx = np.empty(nnz, dtype=a.dtype)
+            matmat(n, r1 - r0, b_t.indptr, b_t.indices, b_t.data, blk_t.indptr,
+                   blk_t.indices, blk_t.data, cp, cj, cx)          # C_blk^T, unsorted
+            ptr = np.empty(r1 - r0 + 1, dtype=idx)
+            tocsc(n, r1 - r0, cp, cj, cx, ptr, indices[o0:o0 + nnz], data[o0:o0 + nnz])
+            indptr[r0 + 1:r1 + 1] = ptr[1:] + o0
+
+        list(pool.map(numeric_and_sort, range(len(blocks))))  # the blocks tile rows 0..m-1
+    return indptr, indices, data
+
+
+def _scipy_sorted_product_by_matmul(ssp, a, b_t, m: int, n: int, blocks, workers: int):
+    """:func:`_scipy_sorted_product` through scipy's public ``@`` and ``tocsc`` (one round of
+    products, then one of sorts): where the private kernels are missing, or the result
+    needs int64 indices while the operands have int32 ones."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
 
     def product(block):
         r0, r1 = block
@@ -270,36 +334,17 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
         return b_t @ blk.T.tocsr()                      # C_blk^T, CSR, unsorted columns
 
     with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(product, blocks))
-        nnz = [int(ct.nnz) for ct in parts]
-        offsets = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
-        wide = offsets[-1] > np.iinfo(np.int32).max or any(
-            ct.indices.dtype == np.int64 for ct in parts)
-        idx = np.int64 if wide else np.int32
-        indptr = np.empty(m + 1, dtype=idx)
-        indptr[0] = 0
-        indices = np.empty(offsets[-1], dtype=idx)
-        data = np.empty(offsets[-1], dtype=parts[0].dtype if parts else a.dtype)
-        try:
-            from scipy.sparse._sparsetools import csr_tocsc
-        except ImportError:  # pragma: no cover - private scipy API moved: one copy more
-            csr_tocsc = None
-
-        def sort(i):
-            (r0, r1), ct, o0, o1 = blocks[i], parts[i], offsets[i], offsets[i + 1]
-            if csr_tocsc is not None:
-                ptr = np.empty(r1 - r0 + 1, dtype=idx)
-                csr_tocsc(n, r1 - r0, ct.indptr.astype(idx, copy=False),
-                          ct.indices.astype(idx, copy=False), ct.data, ptr,
-                          indices[o0:o1], data[o0:o1])
-            else:
-                c = ct.tocsc()
-                ptr = c.indptr
-                indices[o0:o1], data[o0:o1] = c.indices, c.data
-            indptr[r0 + 1:r1 + 1] = ptr[1:] + o0
-
-        list(pool.map(sort, range(len(blocks))))  # the blocks tile rows 0..m-1
-    return indptr, indices, data
+        parts = [ct.tocsc() for ct in pool.map(product, blocks)]
+    nnz = [int(c.nnz) for c in parts]
+    offsets = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
+    wide = offsets[-1] > np.iinfo(np.int32).max or any(
+        c.indices.dtype == np.int64 for c in parts)
+    idx = np.int64 if wide else np.int32
+    indptr = np.zeros(m + 1, dtype=idx)
+    for (r0, r1), c, o0 in zip(blocks, parts, offsets):
+        indptr[r0 + 1:r1 + 1] = c.indptr[1:] + o0
+    return (indptr, np.concatenate([c.indices.astype(idx) for c in parts]),
+            np.concatenate([c.data for c in parts]))
 
 
 def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, raw=()):
