@@ -179,11 +179,11 @@ def test_spspmm_backward_with_a_gradient_off_the_product_pattern(dtype, parallel
         torch.testing.assert_close(gb.to_dense().double(), (Ad.T @ Gd) * (Bd != 0), **tol)
 
 
-@pytest.mark.parametrize("kernels", ["private", "public"])
-def test_spspmm_threaded_product_through_either_scipy_route(kernels, monkeypatch):
-    """The threaded forward through scipy's private kernels (symbolic pass, then numeric pass
-    and sort per block) and through its public ``@`` (the fallback) give the one-thread
-    product bit for bit."""
+@pytest.mark.parametrize("kernels", ["nnz_by_work", "nnz_by_symbolic_pass", "public"])
+def test_spspmm_threaded_product_through_each_scipy_route(kernels, monkeypatch):
+    """The threaded forward through scipy's private kernels (the numeric pass sized by the
+    multiplies, or the symbolic pass first) and through its public ``@`` (the fallback)
+    give the one-thread product bit for bit."""
     from difflinalg.sparse import products
     Ad = _dense(50, 40, 0.15, 31, empty_row=6)
     Ad[:3] = 0                                          # leading empty rows
@@ -195,6 +195,8 @@ def test_spspmm_threaded_product_through_either_scipy_route(kernels, monkeypatch
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     if kernels == "public":
         monkeypatch.setattr(products, "_sparsetools", lambda: None)
+    monkeypatch.setattr(products, "_WORK_AS_NNZ_BOUND",
+                        float("inf") if kernels == "nnz_by_work" else 0.0)
     many = spspmm(A, B)
     assert torch.equal(one.crow_indices().long(), many.crow_indices().long())
     assert torch.equal(one.col_indices().long(), many.col_indices().long())

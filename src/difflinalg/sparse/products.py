@@ -52,6 +52,8 @@ _PARALLEL_MIN_WORK = 1 << 21  # multiplies from which spspmm shares its work amo
 _MAX_WORKERS = 8
 _FORWARD_BLOCKS_PER_WORKER = 2  # row blocks of the threaded product per worker (measured at
 # 20000^2: each block pays two passes over all of B, more blocks sort in cache; 1-2 best)
+_WORK_AS_NNZ_BOUND = 1.5  # multiplies / estimated nnz up to which the forward skips SMMP's
+# symbolic pass (its unsorted parts then take at most about 1.5x the result's memory)
 _OMP_SET_NUM_THREADS: Any = None  # omp_set_num_threads, found on first use
 
 
@@ -263,10 +265,12 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
     whose CSR -> CSC conversion (a counting sort) is C_blk in sorted CSR.
 
     With several workers the blocks run on threads (sparsetools releases the GIL) in two
-    rounds: each block's exact nnz (SMMP's symbolic pass), then, into the result allocated
-    once, each block's numeric pass and sort, its unsorted part freed before the worker's
-    next block (a worker holds one block's part at a time, not all of them: fewer fresh
-    pages, which cost as much as a tenth of the product here).
+    rounds, around the allocation of the result (once, so each block's sort writes straight
+    into its slice): first each block's nnz, then each block's sort. The nnz comes from
+    the numeric pass itself where the multiplies bound it tightly (its unsorted part,
+    sized by them, waits for the second round), else from SMMP's symbolic pass (the numeric
+    pass then runs in the second round, just before the sort, so a worker holds one
+    unsorted part at a time).
     """
     import numpy as np
 
@@ -281,22 +285,43 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
     if kernels is None or b_t.indices.dtype != idx:  # see _sparsetools
         return _scipy_sorted_product_by_matmul(ssp, a, b_t, m, n, blocks, workers)
     maxnnz, matmat, tocsc = kernels
+    # With few collisions (multiplies near the estimated nnz, as for random patterns) the
+    # multiplies of a block bound its nnz tightly enough to size its unsorted part by them:
+    # the numeric pass then runs without SMMP's symbolic pass (a third of scipy's product
+    # time), all blocks' parts held until the result is allocated. Else the symbolic pass
+    # first, then a block's part is held only for its own sort.
+    cum = torch.cat([work.new_zeros(1), torch.cumsum(work, 0)])
+    block_work = (cum[[r1 for _, r1 in blocks]] - cum[[r0 for r0, _ in blocks]]).tolist()
+    total = float(cum[-1])
+    by_work = total <= _WORK_AS_NNZ_BOUND * _estimate(total, m, n, 4)["nnz_estimate"]
 
-    def symbolic(block):
+    def numeric(block, blk_t, cap):
         r0, r1 = block
-        p = a.indptr
+        cp = np.empty(n + 1, dtype=idx)
+        cj = np.empty(cap, dtype=idx)
+        cx = np.empty(cap, dtype=a.dtype)
+        matmat(n, r1 - r0, b_t.indptr, b_t.indices, b_t.data, blk_t.indptr,
+               blk_t.indices, blk_t.data, cp, cj, cx)           # C_blk^T, unsorted
+        return cp, cj, cx
+
+    def first_round(i):
+        (r0, r1), p = blocks[i], a.indptr
         blk = ssp.csr_matrix((a.data[p[r0]:p[r1]], a.indices[p[r0]:p[r1]],
                               p[r0:r1 + 1] - p[r0]), shape=(r1 - r0, a.shape[1]))
         blk_t = blk.T.tocsr()                            # A_blk^T, CSR (k x rows)
         if blk_t.indices.dtype != idx:  # pragma: no cover - scipy chose wider indices
             blk_t = ssp.csr_matrix((blk_t.data, blk_t.indices.astype(idx),
                                     blk_t.indptr.astype(idx)), shape=blk_t.shape)
+        if by_work and block_work[i] <= np.iinfo(idx).max:
+            part = numeric(blocks[i], blk_t, int(block_work[i]))
+            return blk_t, int(part[0][-1]), part
         return blk_t, int(maxnnz(n, r1 - r0, b_t.indptr, b_t.indices, blk_t.indptr,
-                                 blk_t.indices))
+                                 blk_t.indices)), None
 
     with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(symbolic, blocks))
-        offsets = np.concatenate([[0], np.cumsum([nnz for _, nnz in parts])]).astype(np.int64)
+        parts = list(pool.map(first_round, range(len(blocks))))
+        offsets = np.concatenate([[0], np.cumsum([nnz for _, nnz, _ in parts])]
+                                 ).astype(np.int64)
         if offsets[-1] > np.iinfo(idx).max:  # pragma: no cover - past int32: wider indices
             return _scipy_sorted_product_by_matmul(ssp, a, b_t, m, n, blocks, workers)
         indptr = np.empty(m + 1, dtype=idx)
@@ -304,18 +329,15 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
         indices = np.empty(offsets[-1], dtype=idx)
         data = np.empty(offsets[-1], dtype=a.dtype)
 
-        def numeric_and_sort(i):
-            (r0, r1), (blk_t, nnz), o0 = blocks[i], parts[i], offsets[i]
-            cp = np.empty(n + 1, dtype=idx)
-            cj = np.empty(nnz, dtype=idx)
-            cx = np.empty(nnz, dtype=a.dtype)
-            matmat(n, r1 - r0, b_t.indptr, b_t.indices, b_t.data, blk_t.indptr,
-                   blk_t.indices, blk_t.data, cp, cj, cx)          # C_blk^T, unsorted
+        def sort(i):
+            (r0, r1), (blk_t, nnz, part), o0 = blocks[i], parts[i], offsets[i]
+            parts[i] = None                              # freed after this block's sort
+            cp, cj, cx = part if part is not None else numeric(blocks[i], blk_t, nnz)
             ptr = np.empty(r1 - r0 + 1, dtype=idx)
             tocsc(n, r1 - r0, cp, cj, cx, ptr, indices[o0:o0 + nnz], data[o0:o0 + nnz])
             indptr[r0 + 1:r1 + 1] = ptr[1:] + o0
 
-        list(pool.map(numeric_and_sort, range(len(blocks))))  # the blocks tile rows 0..m-1
+        list(pool.map(sort, range(len(blocks))))  # the blocks tile rows 0..m-1
     return indptr, indices, data
 
 
