@@ -17,14 +17,15 @@ with a stored ``B_jl``: exactly the products the forward formed, so the backward
 forward's multiply count, no more. It walks the rows of ``A`` in blocks; each block's rows of
 ``G`` are scattered into a dense ``rows x n`` buffer (its stale entries are never read: every
 pair lands on an entry of ``C``'s pattern), the pairs are enumerated with
-``repeat_interleave``, and both gradients are segment sums over the pairs. torch's own
+``repeat_interleave``; dL/dA is a segment sum over the pairs, dL/dB a scatter-add. torch's own
 COO ``@`` COO backward instead forms the whole product ``G B^T`` and masks it.
 
 On the CPU both directions share their row blocks of ``A`` among threads (as many as
 ``torch.get_num_threads()``) once a product forms 2^21 multiplies or more: scipy's
 sparsetools and torch's index kernels (mostly one core each) release the GIL. The forward's
 blocks are balanced by multiplies; each one's sorting pass writes into its own slice of the
-result, so the threaded product equals the one-thread product bit for bit. The backward's
+result, allocated once (see :func:`_scipy_sorted_product`), so the threaded product equals
+the one-thread product bit for bit. The backward's
 threads keep their own dense buffer and dL/dB accumulator (added at the end).
 
 Layouts: ``torch.sparse_coo`` (coalesced first; duplicates are summed) and
