@@ -204,6 +204,40 @@ def test_spspmm_threaded_product_through_each_scipy_route(kernels, monkeypatch):
     torch.testing.assert_close(many.to_dense().double(), Ad @ Bd, rtol=1e-5, atol=1e-5)
 
 
+def test_spspmm_threaded_product_sizes_by_multiplies_only_without_collisions(monkeypatch):
+    """The numeric pass is sized by min(multiplies, width) per row, and only where that is
+    within 1.5x of the estimated nnz: random sparse operands and a batch of dense products
+    (the per-product width makes the bound exact) skip the symbolic pass; circulant
+    operands whose rows form as many products as C has columns (bound m n, estimate
+    (1 - 1/e) m n) take it."""
+    from difflinalg.sparse import products
+    monkeypatch.setattr(products, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    real = products._sparsetools()
+    symbolic = []
+
+    def counting(*args):
+        symbolic.append(1)
+        return real[0](*args)
+
+    monkeypatch.setattr(products, "_sparsetools", lambda: (counting, *real[1:]))
+
+    def run(A, B, expected):
+        symbolic.clear()
+        torch.testing.assert_close(spspmm(A, B).to_dense(), expected)
+        return bool(symbolic)
+
+    dense = torch.rand(6, 12, 12, dtype=f64) + 0.5
+    assert not run(dense.to_sparse(), dense.to_sparse(), dense @ dense)
+    Ad, Bd = _dense(60, 50, 0.03, 41), _dense(50, 70, 0.03, 42)
+    assert not run(Ad.to_sparse_csr(), Bd.to_sparse_csr(), Ad @ Bd)
+    i = torch.arange(64)
+    shift = (i[None, :] - i[:, None]) % 64
+    Ad = (shift < 8).double() * (1 + torch.rand(64, 64, dtype=f64))        # 8 a row
+    Bd = (shift % 8 == 0).double() * (1 + torch.rand(64, 64, dtype=f64))   # 8 a row
+    assert run(Ad.to_sparse_csr(), Bd.to_sparse_csr(), Ad @ Bd)
+
+
 def test_spspmm_threaded_workers_keep_grad_mode_off(monkeypatch):
     """Worker threads start with grad mode on; the backward's must not record a graph."""
     from difflinalg.sparse import products

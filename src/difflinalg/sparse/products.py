@@ -53,8 +53,8 @@ _PARALLEL_MIN_WORK = 1 << 21  # multiplies from which spspmm shares its work amo
 _MAX_WORKERS = 8
 _FORWARD_BLOCKS_PER_WORKER = 2  # row blocks of the threaded product per worker (measured at
 # 20000^2: each block pays two passes over all of B, more blocks sort in cache; 1-2 best)
-_WORK_AS_NNZ_BOUND = 1.5  # multiplies / estimated nnz up to which the forward skips SMMP's
-# symbolic pass (its unsorted parts then take at most about 1.5x the result's memory)
+_WORK_AS_NNZ_BOUND = 1.5  # nnz bound / estimated nnz up to which the forward skips SMMP's
+# symbolic pass (its unsorted parts then take at most 1.5x the estimated result's memory)
 _OMP_SET_NUM_THREADS: Any = None  # omp_set_num_threads, found on first use
 
 
@@ -260,7 +260,8 @@ def _sparsetools() -> tuple | None:
     return csr_matmat_maxnnz, csr_matmat, csr_tocsc
 
 
-def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, workers: int):
+def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, workers: int,
+                          width: int | None = None):
     """C = A B as sorted CSR numpy arrays from scipy CSR ``a`` (m x k) and ``b_t`` = B^T as
     CSR (n x k): per row block of A, C_blk^T = B^T A_blk^T by scipy's SMMP (unsorted CSR),
     whose CSR -> CSC conversion (a counting sort) is C_blk in sorted CSR.
@@ -271,7 +272,8 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
     the numeric pass itself where the multiplies bound it tightly (its unsorted part,
     sized by them, waits for the second round), else from SMMP's symbolic pass (the numeric
     pass then runs in the second round, just before the sort, so a worker holds one
-    unsorted part at a time).
+    unsorted part at a time). ``width``: the columns a row of C can reach (n; a batch's
+    block-diagonal product: the n of one product).
     """
     import numpy as np
 
@@ -286,15 +288,17 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
     if kernels is None or b_t.indices.dtype != idx:  # see _sparsetools
         return _scipy_sorted_product_by_matmul(ssp, a, b_t, m, n, blocks, workers)
     maxnnz, matmat, tocsc = kernels
-    # With few collisions (multiplies near the estimated nnz, as for random patterns) the
-    # multiplies of a block bound its nnz tightly enough to size its unsorted part by them:
-    # the numeric pass then runs without SMMP's symbolic pass (a third of scipy's product
-    # time), all blocks' parts held until the result is allocated. Else the symbolic pass
-    # first, then a block's part is held only for its own sort.
-    cum = torch.cat([work.new_zeros(1), torch.cumsum(work, 0)])
-    block_work = (cum[[r1 for _, r1 in blocks]] - cum[[r0 for r0, _ in blocks]]).tolist()
-    total = float(cum[-1])
-    by_work = total <= _WORK_AS_NNZ_BOUND * _estimate(total, m, n, 4)["nnz_estimate"]
+    # A row's nnz is at most min(its multiplies, width). Where that bound is within 1.5x of
+    # the estimated nnz (few collisions, as for random patterns), it sizes each block's
+    # unsorted part: the numeric pass then runs without SMMP's symbolic pass (a third of
+    # scipy's product time), all blocks' parts held until the result is allocated (at most
+    # 1.5x the estimated result, which spspmm has checked against the memory available).
+    # Else the symbolic pass first, and a block's part is held only for its own sort.
+    width = n if width is None else width
+    cum = torch.cat([work.new_zeros(1), torch.cumsum(work.clamp(max=width), 0)])
+    block_cap = (cum[[r1 for _, r1 in blocks]] - cum[[r0 for r0, _ in blocks]]).tolist()
+    est = _estimate(float(work.sum()), m, width, 4)["nnz_estimate"]
+    by_work = float(cum[-1]) <= _WORK_AS_NNZ_BOUND * est
 
     def numeric(block, blk_t, cap):
         r0, r1 = block
@@ -313,8 +317,8 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
         if blk_t.indices.dtype != idx:  # pragma: no cover - scipy chose wider indices
             blk_t = ssp.csr_matrix((blk_t.data, blk_t.indices.astype(idx),
                                     blk_t.indptr.astype(idx)), shape=blk_t.shape)
-        if by_work and block_work[i] <= np.iinfo(idx).max:
-            part = numeric(blocks[i], blk_t, int(block_work[i]))
+        if by_work and block_cap[i] <= np.iinfo(idx).max:
+            part = numeric(blocks[i], blk_t, int(block_cap[i]))
             return blk_t, int(part[0][-1]), part
         return blk_t, int(maxnnz(n, r1 - r0, b_t.indptr, b_t.indices, blk_t.indptr,
                                  blk_t.indices)), None
@@ -370,11 +374,12 @@ def _scipy_sorted_product_by_matmul(ssp, a, b_t, m: int, n: int, blocks, workers
             np.concatenate([c.data for c in parts]))
 
 
-def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, raw=()):
+def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, raw=(), width=None):
     """C = A B as sorted CSR parts (int32 or int64 indices); ``work``: the multiplies per
     row of A (:func:`_row_multiplies`); ``raw``: the caller's
     own CSR index tensors (crow_a, col_a, crow_b, col_b) where they exist, handed to scipy
-    without a copy when their dtype is the one it gets."""
+    without a copy when their dtype is the one it gets; ``width``: the columns a row of C
+    can reach (:func:`_scipy_sorted_product`)."""
     if val_a.device.type == "cpu":
         try:
             import scipy.sparse as ssp
@@ -399,7 +404,7 @@ def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, raw=())
                                 np_(crow_b, "crow_b")), shape=(k, n))
             workers = _workers(int(work.sum()), val_a.device)
             indptr, indices, data = _scipy_sorted_product(ssp, a, b.T.tocsr(), m, n, work,
-                                                          workers)
+                                                          workers, width)
             # scipy's int32 indices are kept (torch's CSR kernels are faster with them)
             return (torch.from_numpy(indptr), torch.from_numpy(indices),
                     torch.from_numpy(data))
@@ -578,7 +583,7 @@ class _SpSpMM(torch.autograd.Function):
         raw = tuple(t for x in (A, B) for t in ((x.crow_indices(), x.col_indices())
                                                 if x.layout == torch.sparse_csr and not batch
                                                 else (None,) * 2))
-        crow, col, val = _forward_csr(*pa, *pb, m, n, work, raw)
+        crow, col, val = _forward_csr(*pa, *pb, m, n, work, raw, width=B.shape[-1])
         ctx.save_for_backward(*pa, *pb, work)  # work: the backward's block sizes too
         ctx.layouts = (A, B)
         ctx.n = n
