@@ -350,8 +350,9 @@ def _scipy_sorted_product_by_matmul(ssp, a, b_t, m: int, n: int, blocks, workers
     """:func:`_scipy_sorted_product` through scipy's public ``@`` and ``tocsc`` (one round of
     products, then one of sorts): where the private kernels are missing, or the result
     needs int64 indices while the operands have int32 ones."""
-    import numpy as np
     from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
 
     def product(block):
         r0, r1 = block
