@@ -52,7 +52,8 @@ def test_every_case_runs_and_metadata(result):
     assert (meta["threads"], meta["dtype_products"], meta["scale"]) == (1, "float32", 0.02)
     assert meta["cases"] == list(suite.CASES)
     assert [row["name"] for row in data["results"]] == [
-        "spspmm n=400", "spspmm backward vs torch n=400", "estimate", "lsq 20000 x 2000",
+        "spspmm n=400", "spspmm backward vs torch n=400", "spspmm A A^T, A 679 x 339",
+        "estimate", "lsq 20000 x 2000",
         "stochastic 4000 x 400", "densify"]
     for row in data["results"]:
         assert row["error"] is None, row["name"]
@@ -83,6 +84,33 @@ def test_backward_against_torch(result):
         assert grads["torch_csr"][key]["nnz"] >= nnz  # the pattern of G B^T, A^T G
         assert row["rel_err_vs_torch_coo"][key] < 1e-5
     assert row["torch_sparse_mm_csr_backward"]
+
+
+def test_largest_product_that_fits(result):
+    """A A^T for the largest A of the 200k x 100k, density 0.002 kind (at scale 0.02: density
+    0.1, 4000 x 2000 at most) whose product fits the quick budget times the scale."""
+    row = _row(result[2], "spspmm A A^T, A 679 x 339")
+    (m, k), density = row["shape"], row["density"]
+    assert (m, k) == (679, 339) and density == pytest.approx(0.1)
+    assert row["budget"] == pytest.approx(2.0**28 * 0.02)
+    assert row["estimate"]["bytes_estimate"] <= row["budget"]
+    assert suite.analytic_estimate(m + 1, (m + 1) // 2, density, 4)["bytes_estimate"] > \
+        row["budget"]
+    _assert_timing(row["timing"]["fwd"], "ours", ["scipy_raw", "torch_csr"])
+    assert row["same_pattern_as_scipy_sorted"] is True and row["rel_err_vs_scipy"] < 1e-6
+    assert row["nnz_c"] == pytest.approx(row["estimate"]["nnz_estimate"], rel=0.05)
+    assert row["figures"]["ours_over_scipy_raw"] > 0
+    (target,) = [t for t in result[2]["targets"] if t["case"] == row["name"]]
+    assert target["threshold"] == suite.FWD_MAX_OVER_SCIPY and target["op"] == "<="
+
+
+def test_largest_fitting_is_the_largest():
+    fits = suite.largest_fitting(200000, 0.002, 2.0**28, 4)
+    est = suite.analytic_estimate
+    assert est(fits, fits // 2, 0.002, 4)["bytes_estimate"] <= 2.0**28
+    assert est(fits + 1, (fits + 1) // 2, 0.002, 4)["bytes_estimate"] > 2.0**28
+    assert 20000 < fits < 25000
+    assert suite.largest_fitting(200000, 0.002, 2.0**40, 4) == 200000  # 1 TiB: all of it
 
 
 def test_estimate_and_refusal(result):
@@ -140,7 +168,7 @@ def test_densify_sizes_and_memory(result):
 
 def test_targets_schema(result):
     targets = result[2]["targets"]
-    assert len(targets) == 3 + 1 + 1 + 6
+    assert len(targets) == 3 + 1 + 1 + 1 + 6
     for target in targets:
         assert set(target) == {"case", "what", "op", "threshold", "goal", "value", "display",
                                "met"}
@@ -198,7 +226,7 @@ def test_slow_calls_take_one_call_per_round():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--cases", "spspmm,qr"], "expected cases among spspmm, estimate, lsq, stochastic"),
+    (["--cases", "spspmm,qr"], "expected cases among spspmm, largest, estimate, lsq"),
     (["--rounds", "2"], "expected an odd number of rounds"),
     (["--scale", "0"], "expected a positive number"),
     (["--index-dtype", "int16"], "invalid choice: 'int16'"),

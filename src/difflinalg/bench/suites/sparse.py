@@ -1,6 +1,6 @@
 r"""Suite ``sparse``: :mod:`difflinalg.sparse` against scipy and torch's own sparse kernels.
 
-Five cases, each in a fresh process (:class:`~difflinalg.bench._timing.IsolatedRunner`) with
+Six cases, each in a fresh process (:class:`~difflinalg.bench._timing.IsolatedRunner`) with
 the methods of a stage interleaved round by round (a ratio is the median over the rounds of
 the ratio within a round, so drift of a shared machine cancels). A stage whose slowest call
 takes over ``SLOW_CALL_S`` runs ``SLOW_ROUNDS`` rounds of one measured call each
@@ -18,6 +18,12 @@ of every method:
     patterns) and CSR ``A @ B`` (``torch.sparse.mm`` on CSR has no backward; ``@`` returns
     gradients on the patterns of ``G B^T`` and ``A^T G``), at a smaller n in the quick preset
     (torch's COO backward takes tens of seconds at n = 20000).
+``largest``
+    ``A A^T`` for the 200000 x 100000, density 0.002 ``A`` if its product fits, else for the
+    largest ``A`` (m x m/2, the same density) whose product is estimated within the preset's
+    budget (quick 256 MiB, full 2 GiB; at most an eighth of the memory available): forward of
+    ours against scipy's raw ``A @ A^T`` and torch's CSR product. The full problem (about
+    150 GiB) does not fit a machine of this kind.
 ``estimate``
     :func:`~difflinalg.sparse.product_nnz_estimate`'s formula evaluated analytically for the
     200000 x 100000, density 0.002 matrix times its transpose (never built), checked against
@@ -85,7 +91,7 @@ NAME = "sparse"
 DESCRIPTION = ("sparse: spspmm vs scipy/torch (forward, backward, memory), nnz estimate, "
                "lsqr/lsmr vs scipy, sgd_lstsq vs lsqr")
 
-CASES = ("spspmm", "estimate", "lsq", "stochastic", "densify")
+CASES = ("spspmm", "largest", "estimate", "lsq", "stochastic", "densify")
 SPSPMM_N, SPSPMM_DENSITY = 20000, 1e-3
 BIG_ESTIMATE = (200000, 100000, 0.002)  # A (m, k) at this density, times A^T
 ANALOGUE_M = 5000  # analogue of BIG_ESTIMATE: m / 40, k / 40, same fill of A A^T
@@ -126,6 +132,7 @@ class Preset:
     min_run_time: float  # per method and stage (fast calls), split over the rounds
     rounds: int  # odd
     torch_bwd_n: int  # n of the backward comparison with torch
+    largest_bytes: float  # result size (estimated) of the "largest" case's A A^T, at most
     lsq_shape: tuple[int, int]
     epochs: int
     timeout: float  # seconds per process
@@ -133,11 +140,11 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset(min_run_time=1.0, rounds=3, torch_bwd_n=SPSPMM_N,
+    "quick": Preset(min_run_time=1.0, rounds=3, torch_bwd_n=SPSPMM_N, largest_bytes=2.0**28,
                     lsq_shape=(1000000, 100000), epochs=20, timeout=300.0,
-                    about="about 4-5 minutes on 2 idle cores, 2 of them in torch's COO "
+                    about="about 5 minutes on 2 idle cores, 2 of them in torch's COO "
                           "backward at n = 20000 (one timed call)"),
-    "full": Preset(min_run_time=3.0, rounds=5, torch_bwd_n=SPSPMM_N,
+    "full": Preset(min_run_time=3.0, rounds=5, torch_bwd_n=SPSPMM_N, largest_bytes=2.0**31,
                    lsq_shape=(1000000, 100000), epochs=50, timeout=1800.0,
                    about="10+ minutes; torch's backward at n = 20000 (tens of seconds a call)"),
 }
@@ -328,6 +335,50 @@ def _spspmm_worker(spec: dict[str, Any], report: Report) -> None:
             if same_pattern else None,
             "grads": {"ours": {"A": _describe_grad(ga), "B": _describe_grad(gb)}},
             "input_layout": "sparse_csr"})
+
+
+def largest_fitting(m_max: int, density: float, budget: float, itemsize: int) -> int:
+    """The largest m <= m_max for which A (m x m/2, this density) times A^T is estimated
+    (:func:`analytic_estimate`) to take at most ``budget`` bytes (at least 2)."""
+    def fits(m: int) -> bool:
+        return analytic_estimate(m, max(1, m // 2), density, itemsize)["bytes_estimate"] <= budget
+
+    if fits(m_max):
+        return m_max
+    lo, hi = 2, m_max  # fits(lo) is taken as true: a 2-row product is a few bytes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _largest_worker(spec: dict[str, Any], report: Report) -> None:
+    """A A^T forward at the largest size of the BIG_ESTIMATE problem that fits the budget:
+    ours against scipy's raw product and torch's CSR product."""
+    from difflinalg.sparse import spspmm
+
+    _setup(spec)
+    (m, k), density = spec["shape"], spec["density"]
+    report({"stage": "inputs"})
+    a = _random_csr(m, k, density, spec["seed"], spec["dtype"])
+    at = a.T.tocsr()
+    index = getattr(torch, spec["index_dtype"])
+    A, At = _torch_csr(a, index), _torch_csr(at, index)
+    report({"nnz_a": int(a.nnz)})
+    report({"stage": "timing fwd"})
+    fns: dict[str, Callable[[], object]] = {
+        "ours": lambda: spspmm(A, At), "scipy_raw": lambda: a @ at,
+        "torch_csr": lambda: torch.sparse.mm(A, At)}
+    report({"timing": {"fwd": _interleaved(fns, spec, reference="ours")}})
+    report({"stage": "checks"})
+    C = spspmm(A, At)
+    ref = a @ at
+    ref.sort_indices()
+    same = (torch.equal(C.crow_indices().long(), torch.from_numpy(ref.indptr).long())
+            and torch.equal(C.col_indices().long(), torch.from_numpy(ref.indices).long()))
+    report({"nnz_c": _nnz(C), "same_pattern_as_scipy_sorted": same,
+            "rel_err_vs_scipy": relative_error(C.values(), torch.from_numpy(ref.data))
+            if same else None})
 
 
 def _torch_bwd_worker(spec: dict[str, Any], report: Report) -> None:
@@ -695,6 +746,13 @@ def _derive(row: dict[str, Any]) -> list[dict[str, Any]]:
                                fig["torch_coo_bwd_over_ours"], ">=",
                                BWD_MIN_SPEEDUP_VS_TORCH_COO,
                                format_ratio(fig["torch_coo_bwd_over_ours"])))
+    elif case == "largest":
+        fwd = timing.get("fwd") or {}
+        fig["ours_over_scipy_raw"] = _inv(_ratio(fwd, "scipy_raw"))
+        fig["ours_over_torch_csr"] = _inv(_ratio(fwd, "torch_csr"))
+        targets.append(_target(name, "forward time ours / scipy A @ B (raw, unsorted)",
+                               fig["ours_over_scipy_raw"], "<=", FWD_MAX_OVER_SCIPY,
+                               format_ratio(fig["ours_over_scipy_raw"])))
     elif case == "estimate":
         big, refusal = row.get("big") or {}, row.get("refusal") or {}
         fig["big_gib"] = (big["bytes_estimate"] / 2.0**30) if big else None
@@ -838,6 +896,28 @@ def _spspmm_section(row: dict[str, Any]) -> list[str]:
         lines += ["", "Gradients (A: nnz "
                       f"{row.get('nnz_a', '-')}, B: nnz {row.get('nnz_b', '-')}):", ""]
         lines += _grads_table(row["grads"])
+    return lines
+
+
+def _largest_section(row: dict[str, Any]) -> list[str]:
+    (m, k), fwd = row["shape"], (row.get("timing") or {}).get("fwd") or {}
+    est = row.get("estimate") or {}
+    m_big, k_big, density = BIG_ESTIMATE
+    lines = [f"`A` {m} x {k} at density {row['density']:g} (nnz {row.get('nnz_a', '-'):,}) "
+             f"times `A^T`: the largest of the {m_big // 1000}k x {k_big // 1000}k, density "
+             f"{density:g} problem whose product is estimated within "
+             f"{_bytes(row['budget'])} (the preset's budget, at most an eighth of the "
+             f"memory available: ours, scipy's and torch's results are alive at once). "
+             f"Estimated: {est.get('nnz_estimate', 0):.3g} entries, "
+             f"{_bytes(est.get('bytes_estimate'))}; `C` has {row.get('nnz_c', '-'):,}, the "
+             f"same sorted pattern as scipy's: {row.get('same_pattern_as_scipy_sorted')}, "
+             f"values rel err {format_error(row.get('rel_err_vs_scipy'))}."]
+    if fwd:
+        table = [[LABELS[mt], _ms(fwd, mt), "1x" if mt == "ours" else
+                  format_ratio(_inv(_ratio(fwd, mt))), _iqr(fwd, mt)] for mt in fwd]
+        lines += ["", f"Forward ({_mode(fwd)}):", "",
+                  markdown_table(["method", "ms", "time ours / time method", "ratio IQR"],
+                                 table, [False, True, True, True])]
     return lines
 
 
@@ -998,7 +1078,8 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
         ["case", "target", "measured", "status"],
         [[t["case"], f"{t['what']} {t['goal']}", t["display"], marks[t["met"]]]
          for t in targets], [False, False, True, False]))
-    sections = {"spspmm": _spspmm_section, "estimate": _estimate_section,
+    sections = {"spspmm": _spspmm_section, "largest": _largest_section,
+                "estimate": _estimate_section,
                 "lsq": _lsq_section, "stochastic": _stochastic_section,
                 "densify": _densify_section}
     for row in rows:
@@ -1041,16 +1122,21 @@ def _write_charts(out_dir: Path, rows: list[dict[str, Any]], metadata: dict[str,
     note = f"{metadata['cpu']}, {metadata['threads']} threads, torch {metadata['torch']}"
     panels = []
     for row in rows:
-        if row["case"] != "spspmm":
+        if row["case"] not in ("spspmm", "largest"):
             continue
         for stage, timing in (row.get("timing") or {}).items():
             bars = [(LABELS[m], e["median_s"] * 1e3, m.startswith("ours"))
                     for m, e in timing.items() if e.get("median_s")]
-            if bars:
-                what = "forward" if stage == "fwd" and row["part"] == "forward" else (
-                    "ours: forward vs backward" if row["part"] == "forward" else
-                    "backward vs torch")
-                panels.append((bars, f"{what}, n = {row['n']}"))
+            if not bars:
+                continue
+            if row["case"] == "largest":
+                panels.append((bars, f"A A^T forward, A {row['shape'][0]} x "
+                                     f"{row['shape'][1]}, density {row['density']:g}"))
+                continue
+            what = "forward" if stage == "fwd" and row["part"] == "forward" else (
+                "ours: forward vs backward" if row["part"] == "forward" else
+                "backward vs torch")
+            panels.append((bars, f"{what}, n = {row['n']}"))
     if panels:
         fig, axes = plt.subplots(len(panels), 1, squeeze=False, layout="constrained",
                                  figsize=(8.0, sum(0.35 * len(p[0]) + 0.9 for p in panels)))
@@ -1156,6 +1242,19 @@ def _jobs(args: argparse.Namespace, preset: Preset) -> list[dict[str, Any]]:
                  {"case": "spspmm", "part": "torch backward",
                   "name": f"spspmm backward vs torch n={n_cmp}", "density": density_cmp,
                   "worker": _torch_bwd_worker, **products, "n": n_cmp}]
+    if "largest" in args.cases:
+        m_max, density_big = scaled(BIG_ESTIMATE[0], BIG_ESTIMATE[2], s)
+        item = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
+        available = available_memory_bytes()
+        budget = preset.largest_bytes * s
+        if available is not None:
+            budget = min(budget, available / 8)
+        m = largest_fitting(m_max, density_big, budget, item)
+        k = max(1, m // 2)
+        jobs.append({"case": "largest", "name": f"spspmm A A^T, A {m} x {k}",
+                     "shape": (m, k), "density": density_big, "budget": budget,
+                     "estimate": analytic_estimate(m, k, density_big, item),
+                     "worker": _largest_worker})
     if "estimate" in args.cases:
         am, _ = scaled(ANALOGUE_M, 1.0, s)
         jobs.append({"case": "estimate", "name": "estimate", "worker": _estimate_worker,
@@ -1186,7 +1285,8 @@ _SPEC_KEYS = ("n", "torch_bwd_n", "densities", "analogue", "shape", "density", "
 def _run_job(runner: IsolatedRunner, job: dict[str, Any], base: dict[str, Any],
              timeout: float) -> dict[str, Any]:
     worker = job.pop("worker")
-    row = {**job, "dtype": base["dtype"] if job["case"] in ("spspmm", "estimate", "densify")
+    row = {**job, "dtype": base["dtype"] if job["case"] in ("spspmm", "largest", "estimate",
+                                                           "densify")
            else "float64", "threads": base["threads"]}
     spec = {**base, **{k: v for k, v in job.items() if k in _SPEC_KEYS}}
     errors = []
