@@ -903,13 +903,16 @@ def _largest_section(row: dict[str, Any]) -> list[str]:
     (m, k), fwd = row["shape"], (row.get("timing") or {}).get("fwd") or {}
     est = row.get("estimate") or {}
     m_big, k_big, density = BIG_ESTIMATE
-    lines = [f"`A` {m} x {k} at density {row['density']:g} (nnz {row.get('nnz_a', '-'):,}) "
+    def count(value: Any) -> str:
+        return f"{value:,}" if isinstance(value, int) else "-"
+
+    lines = [f"`A` {m} x {k} at density {row['density']:g} (nnz {count(row.get('nnz_a'))}) "
              f"times `A^T`: the largest of the {m_big // 1000}k x {k_big // 1000}k, density "
              f"{density:g} problem whose product is estimated within "
              f"{_bytes(row['budget'])} (the preset's budget, at most an eighth of the "
              f"memory available: ours, scipy's and torch's results are alive at once). "
              f"Estimated: {est.get('nnz_estimate', 0):.3g} entries, "
-             f"{_bytes(est.get('bytes_estimate'))}; `C` has {row.get('nnz_c', '-'):,}, the "
+             f"{_bytes(est.get('bytes_estimate'))}; `C` has {count(row.get('nnz_c'))}, the "
              f"same sorted pattern as scipy's: {row.get('same_pattern_as_scipy_sorted')}, "
              f"values rel err {format_error(row.get('rel_err_vs_scipy'))}."]
     if fwd:
