@@ -405,10 +405,7 @@ class _SmallOrgqr(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
         ctx.unit_lower, ctx.eps, ctx.fwd_a = unit_lower, eps, a
-        if a.is_cuda:
-            with no_tf32(a):
-                y = _small_forward(a, unit_lower, eps)
-        else:
+        with no_tf32(a):
             y = _small_forward(a, unit_lower, eps)
         ctx.save_for_backward(a)  # L is rebuilt in the backward: no m x k copy kept
         return y
@@ -420,10 +417,7 @@ class _SmallOrgqr(torch.autograd.Function):
             # create_graph or a vmapped gradient: the general engine's rule, which handles both
             gv = HouseholderApply.backward(_engine_ctx(a, ctx.unit_lower, ctx.eps), g)[0]
             return gv, None, None
-        if a.is_cuda:
-            with no_tf32(a):
-                gv = _small_backward(a, g, ctx.unit_lower, ctx.eps)
-        else:
+        with no_tf32(a):
             gv = _small_backward(a, g, ctx.unit_lower, ctx.eps)
         return gv, None, None
 

@@ -250,6 +250,14 @@ def _balanced_row_blocks(row_work: torch.Tensor, parts: int) -> list[tuple[int, 
     return [(r0, r1) for r0, r1 in zip(cuts[:-1], cuts[1:]) if r1 > r0]
 
 
+def _row_block(ssp, a, r0: int, r1: int):
+    """Rows [r0, r1) of the scipy CSR matrix ``a`` as a CSR matrix (views of its arrays, the
+    row pointers shifted)."""
+    p = a.indptr
+    return ssp.csr_matrix((a.data[p[r0]:p[r1]], a.indices[p[r0]:p[r1]], p[r0:r1 + 1] - p[r0]),
+                          shape=(r1 - r0, a.shape[1]))
+
+
 def _sparsetools() -> tuple | None:
     """scipy's private CSR kernels (csr_matmat_maxnnz, csr_matmat, csr_tocsc), or None
     where the private module moved."""
@@ -310,10 +318,8 @@ def _scipy_sorted_product(ssp, a, b_t, m: int, n: int, work: torch.Tensor, worke
         return cp, cj, cx
 
     def first_round(i):
-        (r0, r1), p = blocks[i], a.indptr
-        blk = ssp.csr_matrix((a.data[p[r0]:p[r1]], a.indices[p[r0]:p[r1]],
-                              p[r0:r1 + 1] - p[r0]), shape=(r1 - r0, a.shape[1]))
-        blk_t = blk.T.tocsr()                            # A_blk^T, CSR (k x rows)
+        r0, r1 = blocks[i]
+        blk_t = _row_block(ssp, a, r0, r1).T.tocsr()     # A_blk^T, CSR (k x rows)
         if blk_t.indices.dtype != idx:  # pragma: no cover - scipy chose wider indices
             blk_t = ssp.csr_matrix((blk_t.data, blk_t.indices.astype(idx),
                                     blk_t.indptr.astype(idx)), shape=blk_t.shape)
@@ -355,11 +361,7 @@ def _scipy_sorted_product_by_matmul(ssp, a, b_t, m: int, n: int, blocks, workers
     import numpy as np
 
     def product(block):
-        r0, r1 = block
-        p = a.indptr
-        blk = ssp.csr_matrix((a.data[p[r0]:p[r1]], a.indices[p[r0]:p[r1]],
-                              p[r0:r1 + 1] - p[r0]), shape=(r1 - r0, a.shape[1]))
-        return b_t @ blk.T.tocsr()                      # C_blk^T, CSR, unsorted columns
+        return b_t @ _row_block(ssp, a, *block).T.tocsr()  # C_blk^T, CSR, unsorted columns
 
     with ThreadPoolExecutor(workers) as pool:
         parts = [ct.tocsc() for ct in pool.map(product, blocks)]
@@ -375,12 +377,11 @@ def _scipy_sorted_product_by_matmul(ssp, a, b_t, m: int, n: int, blocks, workers
             np.concatenate([c.data for c in parts]))
 
 
-def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, raw=(), width=None):
+def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, width=None):
     """C = A B as sorted CSR parts (int32 or int64 indices); ``work``: the multiplies per
-    row of A (:func:`_row_multiplies`); ``raw``: the caller's
-    own CSR index tensors (crow_a, col_a, crow_b, col_b) where they exist, handed to scipy
-    without a copy when their dtype is the one it gets; ``width``: the columns a row of C
-    can reach (:func:`_scipy_sorted_product`)."""
+    row of A (:func:`_row_multiplies`); ``width``: the columns a row of C can reach
+    (:func:`_scipy_sorted_product`). Index tensors already of the dtype scipy gets (a CSR
+    operand's own int32 ones, from :func:`_csr`) are handed over without a copy."""
     if val_a.device.type == "cpu":
         try:
             import scipy.sparse as ssp
@@ -393,16 +394,11 @@ def _forward_csr(crow_a, col_a, val_a, crow_b, col_b, val_b, m, n, work, raw=(),
             small = max(m, n, k, int(crow_a[-1]), int(crow_b[-1])) < 2 ** 31 - 1
             idx = torch.int32 if small else torch.int64
 
-            mine = dict(zip(("crow_a", "col_a", "crow_b", "col_b"), raw))
+            def np_(t: torch.Tensor):
+                return t.to(idx).numpy()  # no copy where the dtype is already idx
 
-            def np_(t: torch.Tensor, name: str):
-                own = mine.get(name)
-                return (own if own is not None and own.dtype == idx else t.to(idx)).numpy()
-
-            a = ssp.csr_matrix((val_a.detach().numpy(), np_(col_a, "col_a"),
-                                np_(crow_a, "crow_a")), shape=(m, k))
-            b = ssp.csr_matrix((val_b.detach().numpy(), np_(col_b, "col_b"),
-                                np_(crow_b, "crow_b")), shape=(k, n))
+            a = ssp.csr_matrix((val_a.detach().numpy(), np_(col_a), np_(crow_a)), shape=(m, k))
+            b = ssp.csr_matrix((val_b.detach().numpy(), np_(col_b), np_(crow_b)), shape=(k, n))
             workers = _workers(int(work.sum()), val_a.device)
             indptr, indices, data = _scipy_sorted_product(ssp, a, b.T.tocsr(), m, n, work,
                                                           workers, width)
@@ -474,7 +470,7 @@ def _spspmm_backward(crow_a, col_a, val_a, crow_b, col_b, val_b, g_crow, g_col, 
     if row_pairs is None:
         row_pairs = _row_multiplies(crow_a, col_a, crow_b)
     m = crow_a.numel() - 1
-    bounds = [(r0, r1) for r0, r1 in _pair_blocks(crow_a, row_pairs, n)]
+    bounds = list(_pair_blocks(crow_a, row_pairs, n))
     cuts = torch.tensor([b[0] for b in bounds] + [m], dtype=torch.int64, device=crow_a.device)
     e_cut = crow_a.index_select(0, cuts).tolist()
     p_cut = torch.cat([row_pairs.new_zeros(1), torch.cumsum(row_pairs, 0)]).index_select(
@@ -581,10 +577,7 @@ class _SpSpMM(torch.autograd.Function):
         pa, pb, work = prepared if prepared is not None else (_csr(A), _csr(B), None)
         if work is None:
             work = _row_multiplies(pa[0], pa[1], pb[0])
-        raw = tuple(t for x in (A, B) for t in ((x.crow_indices(), x.col_indices())
-                                                if x.layout == torch.sparse_csr and not batch
-                                                else (None,) * 2))
-        crow, col, val = _forward_csr(*pa, *pb, m, n, work, raw, width=B.shape[-1])
+        crow, col, val = _forward_csr(*pa, *pb, m, n, work, width=B.shape[-1])
         ctx.save_for_backward(*pa, *pb, work)  # work: the backward's block sizes too
         ctx.layouts = (A, B)
         ctx.n = n

@@ -281,6 +281,16 @@ def _interleaved(fns: dict[str, Callable[[], object]], spec: dict[str, Any], ref
 
 # ----------------------------------------------------------------------------- workers
 
+def _against_scipy(C: torch.Tensor, ref: Any) -> dict[str, Any]:
+    """nnz of our CSR product ``C``, whether its pattern is that of scipy's sorted product
+    ``ref``, and the values' relative error where it is."""
+    same = (torch.equal(C.crow_indices().long(), torch.from_numpy(ref.indptr).long())
+            and torch.equal(C.col_indices().long(), torch.from_numpy(ref.indices).long()))
+    return {"nnz_c": _nnz(C), "same_pattern_as_scipy_sorted": same,
+            "rel_err_vs_scipy": relative_error(C.values(), torch.from_numpy(ref.data))
+            if same else None}
+
+
 def _spspmm_worker(spec: dict[str, Any], report: Report) -> None:
     """Forward against scipy and torch, then our backward against our forward, at n."""
     from difflinalg.sparse import spspmm
@@ -324,15 +334,9 @@ def _spspmm_worker(spec: dict[str, Any], report: Report) -> None:
 
     report({"stage": "checks"})
     ga, gb = torch.autograd.grad(C, (Ar, Br), G, retain_graph=True)
-    ref = scipy_sorted()
     ours = C.detach()
-    same_pattern = (torch.equal(ours.crow_indices().long(), torch.from_numpy(ref.indptr).long())
-                    and torch.equal(ours.col_indices().long(),
-                                    torch.from_numpy(ref.indices).long()))
-    report({"nnz_c": _nnz(ours), "layout_c": str(ours.layout).replace("torch.", ""),
-            "same_pattern_as_scipy_sorted": same_pattern,
-            "rel_err_vs_scipy": relative_error(ours.values(), torch.from_numpy(ref.data))
-            if same_pattern else None,
+    report({**_against_scipy(ours, scipy_sorted()),
+            "layout_c": str(ours.layout).replace("torch.", ""),
             "grads": {"ours": {"A": _describe_grad(ga), "B": _describe_grad(gb)}},
             "input_layout": "sparse_csr"})
 
@@ -371,14 +375,9 @@ def _largest_worker(spec: dict[str, Any], report: Report) -> None:
         "torch_csr": lambda: torch.sparse.mm(A, At)}
     report({"timing": {"fwd": _interleaved(fns, spec, reference="ours")}})
     report({"stage": "checks"})
-    C = spspmm(A, At)
     ref = a @ at
     ref.sort_indices()
-    same = (torch.equal(C.crow_indices().long(), torch.from_numpy(ref.indptr).long())
-            and torch.equal(C.col_indices().long(), torch.from_numpy(ref.indices).long()))
-    report({"nnz_c": _nnz(C), "same_pattern_as_scipy_sorted": same,
-            "rel_err_vs_scipy": relative_error(C.values(), torch.from_numpy(ref.data))
-            if same else None})
+    report(_against_scipy(spspmm(A, At), ref))
 
 
 def _torch_bwd_worker(spec: dict[str, Any], report: Report) -> None:
