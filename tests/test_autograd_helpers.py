@@ -17,7 +17,7 @@ def test_no_tf32_is_a_no_op_off_cuda_and_nests():
 def test_no_tf32_turns_tf32_off_on_cuda_and_back():
     """The flag is only a setting: a stand-in CUDA tensor checks the switch without a GPU."""
     class FakeCuda:
-        device = torch.device("cuda")
+        is_cuda = True
 
     matmul = torch.backends.cuda.matmul
     before = matmul.allow_tf32

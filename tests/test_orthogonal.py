@@ -77,6 +77,25 @@ def test_upper_part_and_diagonal_are_ignored():
     torch.testing.assert_close(dl.householder_product(A), dl.householder_product(B))
 
 
+@pytest.mark.parametrize("small", [True, False])
+@pytest.mark.parametrize("m,n", [(6, 4), (40, 5), (5, 5)])
+def test_upper_part_does_not_reach_the_gradient(small, m, n, monkeypatch):
+    """The backward reads the strictly lower part only: huge entries on and above the
+    diagonal (R of a geqrf output) leave the gradient unchanged, with zeros there."""
+    if not small:
+        monkeypatch.setattr(_householder, "SMALL_MAX_K", 0)
+    A = torch.randn(m, n, dtype=f64)
+    B = A.tril(-1) + 1e6 * torch.randn(m, n, dtype=f64).triu()
+    G = torch.randn(m, n, dtype=f64)
+    grads = []
+    for X in (A, B):
+        X = X.clone().requires_grad_()
+        (grad,) = torch.autograd.grad((dl.householder_product(X) * G).sum(), X)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+    assert torch.equal(grads[1].triu(), torch.zeros_like(grads[1]))
+
+
 def test_zero_tau_is_identity_reflector():
     A = torch.randn(5, 3, dtype=f64)
     tau = torch.tensor([0.0, 0.7, 0.0], dtype=f64)
@@ -516,7 +535,7 @@ def test_lowmem_backward_is_taken_and_leaves_inputs_alone(monkeypatch):
 
 
 # Small inputs with tau=None (k <= 64, at most 2^16 entries) take _SmallOrgqr: the engine's
-# forward and a 13-kernel backward that rebuilds M = striu(V^T V) + diag(V^T V) / 2.
+# forward and a short backward that rebuilds M = striu(V^T V) + diag(V^T V) / 2 by blocks.
 def _grad_fn_name(out: torch.Tensor) -> str:
     """The node's name; through the reshape that wraps inputs with more than one batch dim."""
     node = out.grad_fn

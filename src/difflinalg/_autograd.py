@@ -21,7 +21,7 @@ def no_tf32(ref: torch.Tensor) -> contextlib.AbstractContextManager[None]:
     with TF32 already off) it is a shared no-op context: 0.2 us to enter, where a generator
     context costs 2 us, which small inputs' hand-written rules notice.
     """
-    if ref.device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32:
+    if not ref.is_cuda or not torch.backends.cuda.matmul.allow_tf32:
         return _NO_OP
     return _tf32_off()
 

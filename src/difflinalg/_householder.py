@@ -78,15 +78,14 @@ _TWO64 = torch.full((), 2.0, dtype=torch.float64)  # a 0-d CPU tensor goes with 
 def _exact_tau_unit_lower(a: torch.Tensor) -> torch.Tensor:
     """tau = 2 / (1 + ||a_j||^2) from the strictly-lower part, without forming V.
 
-    The sum of squares is a float32 reduction (a few ulps of ||a||^2, i.e. of tau); what
-    must not happen in float32 is ``1 + ||a||^2``, which drops the low bits of a small
+    What must not happen in float32 is ``1 + ||a||^2``, which drops the low bits of a small
     ||a||^2 (3-7x LAPACK's orthogonality error at parameter scale 1e-3), so that step and
-    the division run in float64.
+    the division run in float64. The squares are taken in place in the one m x k
+    temporary (``vecdot`` would allocate a second).
     """
-    low = a.tril(-1)
-    sq = torch.linalg.vecdot(low, low, dim=-2)
-    if a.dtype == torch.float32:  # the quotient is rounded once, into the float32 output
-        return torch.div(_TWO64, sq.double().add_(1.0), out=torch.empty_like(sq))
+    sq = a.tril(-1).square_().sum(-2)  # a float32 reduction: a few ulps of ||a||^2
+    if a.dtype == torch.float32:  # the quotient is rounded once, into sq's storage
+        return torch.div(_TWO64, sq.double().add_(1.0), out=sq)
     return torch.div(_TWO64, sq.add_(1.0))
 
 
@@ -162,7 +161,7 @@ def _use_lapack_forward(v_in: torch.Tensor, x: torch.Tensor | None, unit_lower: 
                         transpose: bool) -> bool:
     if FORWARD_BACKEND != "auto" or x is not None or not unit_lower or transpose:
         return False
-    if v_in.device.type != "cpu":
+    if not v_in.is_cpu:
         return False
     # LAPACK's blocked orgqr does the optimal 2mn^2 - 2n^3/3 flops with one call per matrix;
     # measured on 2 cores it is at least as fast as the CWY sweep at every benchmarked shape,
@@ -301,35 +300,42 @@ def apply(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
 # For Y = Q E with exact reflections (tau = None) the forward is the engine's (LAPACK's
 # orgqr on the CPU for unit-lower V, with the float64 tau that keeps its orthogonality),
 # and the backward needs no tau at all: in the T-CWY form (Joffrain et al. 2006)
-#   T^{-1} = M = striu(V^T V) + diag(V^T V) / 2,   C = M^{-1} V[:k]^T   (Y = E - V C),
-# and the engine's backward, with N^{-1} D = (D^{-1} N)^{-1} = M^{-1}, reads
-#   Z^T = G^T V M^{-1},   w = Z C^T,   w_sym = triu(w) + striu(w)^T,
+#   T^{-1} = M = striu(V^T V) + diag(V^T V) / 2,   C = T V[:k]^T   (Y = E - V C),
+# and the engine's backward, with N^{-1} D = (D^{-1} N)^{-1} = M^{-1} = T, reads
+#   Z^T = G^T V T,   w = Z C^T,   w_sym = triu(w) + striu(w)^T,
 #   dL/dV = V w_sym - (G C^T + E Z^T)
 # (the diagonal of w is the exact-tau term; it is dropped for whole columns whose norm was
-# clamped at eps). That is 13 kernels where the general backward launches about 20, and
-# nothing but the input is saved. The k x k masks of M and of w_sym are cached per k.
-# Double backward and vmapped gradients hand over to the general engine.
+# clamped at eps). T (k x k, k <= 64) is formed by one triangular solve against I_k, as
+# LAPACK's larft forms it, so that the rule's two solves become small products; a single
+# matrix goes through mm, not bmm. Only the input is saved: the forward stays LAPACK's call
+# plus the tau (what the forward-only user pays), the backward rebuilds M and works with V
+# by blocks (see _small_backward). The k x k constants are cached per k. Double backward
+# and vmapped gradients hand over to the general engine.
 SMALL_MAX_K = 64
 SMALL_MAX_NUMEL = 1 << 16
 _SMALL_CONSTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 _SMALL_CONSTS_MAX = 64
 
 
-def _small_consts(k: int, dtype: torch.dtype, device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _small_consts(k: int, ref: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M-mask (k, k): ones above the diagonal and 1/2 on it, upper-with-diagonal bool mask
-    (k, k), I_k / 2); cached per (k, dtype, device) - at most 64 x 64 each - and never
-    handed out."""
-    key = (k, dtype, device)
+    (k, k), I_k / 2, I_k) in ``ref``'s dtype and on its device; cached per (k, dtype,
+    device) - at most 64 x 64 each - and never handed out."""
+    # keyed by the device index, not by ref.device: building a torch.device object costs
+    # more than the rest of the lookup (-1 is the CPU; other devices have their index)
+    key = (k, ref.dtype, ref.get_device(), ref.device.type if not (ref.is_cpu or ref.is_cuda)
+           else ref.is_cuda)
     out = _SMALL_CONSTS.get(key)
     if out is None:
+        dtype, device = ref.dtype, ref.device
         if len(_SMALL_CONSTS) >= _SMALL_CONSTS_MAX:
             _SMALL_CONSTS.pop(next(iter(_SMALL_CONSTS)))
         m_mask = torch.ones(k, k, dtype=dtype, device=device).triu_()
         m_mask.diagonal().fill_(0.5)
         upper = torch.ones(k, k, dtype=torch.bool, device=device).triu_()
-        half_eye = torch.eye(k, dtype=dtype, device=device).mul_(0.5)
-        out = _SMALL_CONSTS[key] = (m_mask, upper, half_eye)
+        eye = torch.eye(k, dtype=dtype, device=device)
+        out = _SMALL_CONSTS[key] = (m_mask, upper, eye * 0.5, eye)
     return out
 
 
@@ -344,58 +350,77 @@ def _engine_ctx(a: torch.Tensor, unit_lower: bool, eps: float) -> Any:
 
 def _small_backward(a: torch.Tensor, g: torch.Tensor, unit_lower: bool,
                     eps: float) -> torch.Tensor:
-    """dL/dA of Y = Q E (tau = None) for a (*, m, k) with at most one batch dim. Peak: G,
-    V and dL/dV, k x k blocks aside (L becomes V in place: few allocations, which is what
-    the resident peak of small inputs follows)."""
+    """dL/dA of Y = Q E (tau = None) for a (*, m, k) with at most one batch dim.
+
+    Peak: G and dL/dA, and at most four k x k blocks (each is dropped as soon as it has
+    been used: at k = m / 8 a k x k block is an eighth of the output).
+    """
     k = a.shape[-1]
-    m_mask, upper, half_eye = _small_consts(k, a.dtype, a.device)
+    m_mask, upper, half_eye, eye = _small_consts(k, a)
     mm = torch.mm if a.dim() == 2 else torch.bmm
-    active = None
-    if unit_lower:
-        # V = E + L and M from L^T V = L[:k]^T + L^T L: the diagonal ||l_j||^2 is a sum of
-        # like terms and the 1 of ||v_j||^2 = 1 + ||l_j||^2 is added once, at the end
-        v = a.tril(-1)                                    # L, made V in place below
-        s = mm(v.mT, v)
-        s += v.narrow(-2, 0, k).mT
-        s = torch.addcmul(half_eye, s, m_mask)
-        v.diagonal(dim1=-2, dim2=-1).add_(1.0)
-    else:
-        v = a
-        s = mm(v.mT, v)
-        diag = s.diagonal(dim1=-2, dim2=-1)
-        active = diag > eps * eps
-        diag.clamp_(min=eps * eps)
-        s.mul_(m_mask)                                    # M = striu(S) + diag(S) / 2
-    ct = torch.linalg.solve_triangular(s, v.narrow(-2, 0, k).mT, upper=True).mT
-    z_t = mm(g.mT, v)
-    torch.linalg.solve_triangular(s, z_t, upper=True, left=False, out=z_t)
-    del s
+    if not unit_lower:
+        return _small_backward_whole(a, g, eps, mm, m_mask, upper, eye)
+    # V = E + L is never formed: below its top k x k block V is A itself (B = A[k:], a
+    # view), so every product with V is one with B plus a k x k one with the top block
+    # V1 = E1 + L1 (L1 = tril(A[:k], -1)). The backward's peak is then G and dL/dA: at
+    # k = m / 8 a whole V would add a third to it. The diagonal of S = B^T B + L1^T V1 =
+    # L^T L + L1^T is ||l_j||^2, a sum of like terms (the 1 of ||v_j||^2 comes in once,
+    # with half_eye).
+    a1 = a.narrow(-2, 0, k)
+    b = a.narrow(-2, k, a.shape[-2] - k)
+    l1 = a1.tril(-1)
+    v1 = l1 + eye
+    addmm_ = torch.Tensor.addmm_ if a.dim() == 2 else torch.Tensor.baddbmm_
+    s = mm(b.mT, b)
+    addmm_(s, l1.mT, v1)
+    s = torch.addcmul(half_eye, s, m_mask)
+    t = torch.linalg.solve_triangular(s, eye, upper=True)  # T = M^{-1}
+    del s, l1
+    ct = mm(v1, t.mT)                                     # C^T = V1 T^T
+    g1 = g.narrow(-2, 0, k)
+    p = mm(g.narrow(-2, k, a.shape[-2] - k).mT, b)        # G^T V = G2^T B + G1^T V1
+    addmm_(p, g1.mT, v1)
+    z_t = mm(p, t)                                        # Z^T = G^T V T
+    del t, p
+    gv = mm(g, ct)                                        # G C^T + E Z^T
+    top = gv.narrow(-2, 0, k)
+    top += z_t
     w = mm(z_t.mT, ct)
+    del z_t, ct
+    w = torch.where(upper, w, w.mT)                       # V w_sym - (...), by blocks
+    addmm_(gv.narrow(-2, k, a.shape[-2] - k), b, w, beta=-1.0)
+    addmm_(top, v1, w, beta=-1.0)
+    top.tril_(-1)                                         # only the strict lower part is read
+    return gv
+
+
+def _small_backward_whole(a: torch.Tensor, g: torch.Tensor, eps: float, mm: Any,
+                          m_mask: torch.Tensor, upper: torch.Tensor,
+                          eye: torch.Tensor) -> torch.Tensor:
+    """The whole-column case of :func:`_small_backward` (V = A)."""
+    k = a.shape[-1]
+    v = a
+    s = mm(v.mT, v)
+    diag = s.diagonal(dim1=-2, dim2=-1)
+    active = diag > eps * eps
+    diag.clamp_(min=eps * eps)
+    s.mul_(m_mask)                                        # M = striu(S) + diag(S) / 2
+    t = torch.linalg.solve_triangular(s, eye, upper=True)  # T = M^{-1}
+    del s
+    ct = mm(v.narrow(-2, 0, k), t.mT)                     # C^T = V[:k] T^T
+    z_t = mm(mm(g.mT, v), t)                              # Z^T = G^T V T
+    del t
     gv = mm(g, ct)                                        # G C^T + E Z^T
     gv.narrow(-2, 0, k).add_(z_t)
+    w = mm(z_t.mT, ct)
     del z_t, ct
     w = torch.where(upper, w, w.mT)
-    if active is not None:
-        w.diagonal(dim1=-2, dim2=-1).mul_(active)
+    w.diagonal(dim1=-2, dim2=-1).mul_(active)
     if gv.dim() == 2:
         gv.addmm_(v, w, beta=-1.0)
     else:
         gv.baddbmm_(v, w, beta=-1.0)
-    if unit_lower:
-        gv.narrow(-2, 0, k).tril_(-1)                     # only the strict lower part is read
     return gv
-
-
-def _small_forward(a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
-    """Y = Q E with tau = None for a (*, m, k) with at most one batch dim.
-
-    Unit-lower V on the CPU: LAPACK's orgqr with the exact tau of
-    :func:`_exact_tau_unit_lower`. Otherwise the engine's forward.
-    """
-    k = a.shape[-1]
-    if unit_lower and _use_lapack_forward(a, None, True, False):
-        return torch.linalg.householder_product(a, _exact_tau_unit_lower(a))
-    return _forward(a, None, None, k, unit_lower, False, eps, k)
 
 
 class _SmallOrgqr(torch.autograd.Function):
@@ -405,10 +430,12 @@ class _SmallOrgqr(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
         ctx.unit_lower, ctx.eps, ctx.fwd_a = unit_lower, eps, a
+        ctx.save_for_backward(a)  # V is rebuilt in the backward: no m x k copy kept
+        if unit_lower and _use_lapack_forward(a, None, True, False):
+            return torch.linalg.householder_product(a, _exact_tau_unit_lower(a))
+        k = a.shape[-1]
         with no_tf32(a):
-            y = _small_forward(a, unit_lower, eps)
-        ctx.save_for_backward(a)  # L is rebuilt in the backward: no m x k copy kept
-        return y
+            return _forward(a, None, None, k, unit_lower, False, eps, k)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
@@ -418,8 +445,9 @@ class _SmallOrgqr(torch.autograd.Function):
             gv = HouseholderApply.backward(_engine_ctx(a, ctx.unit_lower, ctx.eps), g)[0]
             return gv, None, None
         with no_tf32(a):
-            gv = _small_backward(a, g, ctx.unit_lower, ctx.eps)
-        return gv, None, None
+            if a.dim() == 3 and a.shape[0] == 1:  # one matrix: mm, not bmm
+                return _small_backward(a[0], g[0], ctx.unit_lower, ctx.eps)[None], None, None
+            return _small_backward(a, g, ctx.unit_lower, ctx.eps), None, None
 
     @staticmethod
     def jvp(ctx: Any, da: torch.Tensor, *_unused):
