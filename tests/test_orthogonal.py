@@ -534,8 +534,9 @@ def test_lowmem_backward_is_taken_and_leaves_inputs_alone(monkeypatch):
     assert torch.equal(G, G0)
 
 
-# Small inputs with tau=None (k <= 64, at most 2^16 entries) take _SmallOrgqr: the engine's
-# forward and a short backward that rebuilds M = striu(V^T V) + diag(V^T V) / 2 by blocks.
+# Small inputs with tau=None (k <= 64, m >= 4k, at most 2^16 entries) take _SmallOrgqr:
+# the engine's forward and a short backward that rebuilds M = striu(V^T V) + diag(V^T V) / 2
+# by blocks.
 def _grad_fn_name(out: torch.Tensor) -> str:
     """The node's name; through the reshape that wraps inputs with more than one batch dim."""
     node = out.grad_fn
@@ -544,8 +545,8 @@ def _grad_fn_name(out: torch.Tensor) -> str:
     return type(node).__name__
 
 
-@pytest.mark.parametrize("batch,m,k", [((), 6, 3), ((3,), 8, 8), ((2, 1, 2), 9, 4),
-                                       ((), 1, 1), ((2,), 200, 64)])
+@pytest.mark.parametrize("batch,m,k", [((), 12, 3), ((3,), 32, 8), ((2, 1, 2), 17, 4),
+                                       ((), 4, 1), ((2,), 256, 64), ((1,), 40, 5)])
 @pytest.mark.parametrize("unit_lower", [True, False])
 def test_small_path_is_taken_and_matches_general_path(batch, m, k, unit_lower, monkeypatch):
     A = torch.randn(*batch, m, k, dtype=f64)
@@ -566,9 +567,18 @@ def test_small_path_is_taken_and_matches_general_path(batch, m, k, unit_lower, m
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("m,k", [(8, 8), (64, 64), (9, 3), (255, 64)])
+def test_squarish_small_inputs_take_the_engine(m, k):
+    """Below m = 4k the small backward's k x k blocks would cost more memory than the
+    blocked engine's: those shapes are routed to the engine."""
+    A = torch.randn(2, m, k, dtype=f64, requires_grad=True)
+    for fn in (dl.householder_product, dl.householder_orgqr):
+        assert "_SmallOrgqr" not in _grad_fn_name(fn(A))
+
+
 @pytest.mark.parametrize("unit_lower", [True, False])
 def test_small_path_gradcheck_gradgradcheck_jvp(unit_lower):
-    A = torch.randn(2, 7, 4, dtype=f64, requires_grad=True)
+    A = torch.randn(2, 17, 4, dtype=f64, requires_grad=True)
     fn = dl.householder_product if unit_lower else dl.householder_orgqr
     assert "_SmallOrgqr" in _grad_fn_name(fn(A))
     assert gradcheck(fn, (A,), check_forward_ad=True, check_batched_grad=True)
@@ -597,9 +607,9 @@ def test_small_path_float32_orthogonality_and_gradient_match_lapack(scale, m, n)
 
 
 def test_small_path_leaves_inputs_and_gradient_alone():
-    A = torch.randn(2, 9, 5, dtype=f64)
-    P = torch.randn(2, 9, 5, dtype=f64)
-    G = torch.randn(2, 9, 5, dtype=f64)
+    A = torch.randn(2, 20, 5, dtype=f64)
+    P = torch.randn(2, 20, 5, dtype=f64)
+    G = torch.randn(2, 20, 5, dtype=f64)
     copies = [t.clone() for t in (A, P, G)]
     A.requires_grad_()
     P.requires_grad_()
