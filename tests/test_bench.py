@@ -82,6 +82,12 @@ def test_sweep_measures_memory(sweep):
             assert isinstance(entry["peak_extra_bytes"], int)
             assert entry["peak_extra_bytes"] >= 0
             assert entry["peak_extra_x_output"] >= 0
+        ours = row["methods"]["ours"]
+        # the identity Function's floor is measured for ours only
+        assert isinstance(ours["peak_floor_bytes"], int) and ours["peak_floor_bytes"] >= 0
+        assert ours["peak_floor_x_output"] == ours["peak_floor_bytes"] / (
+            4 * row["b"] * row["d"] * row["r"])
+        assert "peak_floor_bytes" not in row["methods"]["torch"]
 
 
 def test_sweep_writes_report(sweep):
@@ -90,6 +96,7 @@ def test_sweep_writes_report(sweep):
     assert md.startswith("# householder_product benchmark")
     assert "## b = 1" in md and "## Summary" in md
     assert "| 1 | 8 | 4" in md and "| 1 | 16 | 4" in md
+    assert "peak mem ours / torch (floor)" in md
 
 
 def test_sweep_writes_charts(sweep):

@@ -49,7 +49,7 @@ import torch
 import difflinalg
 from difflinalg.testing import orthogonality_error
 
-from .._memory import available_memory_bytes
+from .._memory import PeakMemory, available_memory_bytes, heap_for_memory, heap_for_timing
 from .._report import (
     BUSY,
     busy_warning,
@@ -161,6 +161,37 @@ def _inputs(spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return param, G, A
 
 
+class _Identity(torch.autograd.Function):
+    """The cheapest differentiable op written in Python: its forward+backward's peak is the
+    floor of the memory measurement at a given output size (the output, the incoming
+    gradient, the result and the autograd machinery's own pages)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g.clone()
+
+
+def _memory_floor(param: torch.Tensor, G: torch.Tensor) -> int | None:
+    """Peak extra resident bytes of forward+backward of :class:`_Identity`, measured as the
+    methods' own peaks are (warm, glibc's heap following the live tensors)."""
+    heap_for_memory()
+    try:
+        def fwd_bwd() -> None:
+            torch.autograd.grad((_Identity.apply(param) * G).sum(), param)
+
+        fwd_bwd()
+        fwd_bwd()
+        with PeakMemory() as peak:
+            fwd_bwd()
+        return peak.peak_extra_bytes
+    finally:
+        heap_for_timing()
+
+
 def _gradient(forward: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor,
               G: torch.Tensor) -> torch.Tensor:
     param = values.detach().clone().requires_grad_()
@@ -203,6 +234,9 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
         else:
             skipped["gemm"] = reason
         del X, Y
+        if spec["memory"]:
+            report({"stage": "memory floor"})
+            report({"peak_floor_bytes": _memory_floor(param, G)})
 
     report({"stage": "accuracy"})
     report({"ortho_err": float(orthogonality_error(out).max()), "skipped": skipped})
@@ -376,9 +410,11 @@ def _derive(row: dict[str, Any], itemsize: int) -> None:
     methods = row["methods"]
     output_bytes = b * d * r * itemsize
     for entry in methods.values():
-        peak = entry.get("peak_extra_bytes")
-        entry["peak_extra_x_output"] = (peak / output_bytes if peak is not None
-                                        and output_bytes else None)
+        for key in ("peak_extra", "peak_floor"):
+            peak = entry.get(f"{key}_bytes")
+            if peak is not None or key == "peak_extra":
+                entry[f"{key}_x_output"] = (peak / output_bytes if peak is not None
+                                            and output_bytes else None)
     ours = methods.get("ours", {})
     cross = methods.get("torch", {}).get("cross", {})
     if "ours_grad_err_vs_torch64" in cross:
@@ -432,8 +468,8 @@ def _table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
     baselines = [m for m in BASELINES if m in methods]
     headers = ["b", "d", "r", "ours fwd ms", "ours f+b ms", "torch fwd ms", "torch f+b ms"]
     headers += [f"vs {m} f+b / fwd" for m in baselines]
-    headers += ["ortho err ours / torch", "grad err ours / torch", "peak mem ours / torch",
-                "GEMM %"]
+    headers += ["ortho err ours / torch", "grad err ours / torch",
+                "peak mem ours / torch (floor)", "GEMM %"]
     lines = []
     for row in rows:
         ms = row["methods"]
@@ -454,8 +490,10 @@ def _table(rows: list[dict[str, Any]], methods: Sequence[str]) -> str:
                              for m in ("ours", "torch"))))
         cells.append(_pair(*(format_error((ms.get(m) or {}).get("grad_err"))
                              for m in ("ours", "torch"))))
+        floor = (ours or {}).get("peak_floor_x_output")
         cells.append(_pair(*(format_ratio((ms.get(m) or {}).get("peak_extra_x_output"))
-                             for m in ("ours", "torch"))))
+                             for m in ("ours", "torch")))
+                     + (f" ({format_ratio(floor)})" if floor is not None else ""))
         gf = row.get("gemm_fraction")
         cells.append(format_percent(gf))
         lines.append(cells)
@@ -510,7 +548,10 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
         "resident memory of forward+backward (the incoming gradient and the result included) "
         "as a multiple of the output size, measured with glibc's mmap threshold at 64 KiB and "
         "no heap padding so that resident memory follows the live tensors (timings are taken "
-        "afterwards with a 32 MiB threshold, glibc's steady state); GEMM % = "
+        "afterwards with a 32 MiB threshold, glibc's steady state); (floor) = the same "
+        "measure for an identity autograd.Function (clone forward, clone backward): what any "
+        "op written in Python costs at that output size, which dominates below ~64 KiB; "
+        "GEMM % = "
         "optimal forward flops per second of ours over the rate of a (b, d, r) @ (b, r, r) "
         "GEMM. n/r = not run (preset limit), timeout/error: see below.", ""]
     for b in sorted({row["b"] for row in rows}):
