@@ -53,7 +53,7 @@ def has_clusters(lam: torch.Tensor, rtol: float) -> bool | None:
     where it would cost a device sync). Computed once in the forward, where it is a
     rounding error next to the eigensolve, so that the backward can skip the n x n mask.
     """
-    if lam.device.type != "cpu" or not plain_tensor(lam):
+    if not lam.is_cpu or not plain_tensor(lam):
         return None
     if lam.shape[-1] < 2 or lam.numel() == 0:
         return False
@@ -101,7 +101,7 @@ def inplace_ok(*tensors: torch.Tensor) -> bool:
 
 def _any(mask: torch.Tensor) -> bool:
     """mask.any() where that is free (CPU); True elsewhere (no device sync)."""
-    return mask.device.type != "cpu" or bool(mask.any())
+    return not mask.is_cpu or bool(mask.any())
 
 
 def derivative_map(fn: SpectralFn, lam: torch.Tensor, v: torch.Tensor,

@@ -83,7 +83,7 @@ def _diag_of_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """
     m = A.shape[-2]
     t = _DIAG_BLOCK
-    if (m < _DIAG_MIN_ROWS or A.device.type != "cpu" or A.shape[:-2] != B.shape[:-2]
+    if (m < _DIAG_MIN_ROWS or not A.is_cpu or A.shape[:-2] != B.shape[:-2]
             or torch._C._are_functorch_transforms_active()):
         return torch.linalg.vecdot(A, B.mT, dim=-1)
     nb = m // t

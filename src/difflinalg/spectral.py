@@ -264,7 +264,7 @@ def _eigh_torch_node(A: torch.Tensor, rtol: float
     symmetric (it differentiates along symmetric perturbations). An input that is already
     exactly symmetric enters as it is.
     """
-    if (A.device.type != "cpu" or not A.requires_grad or not torch.is_grad_enabled()
+    if (not A.is_cpu or not A.requires_grad or not torch.is_grad_enabled()
             or torch._C._are_functorch_transforms_active()):
         return None
     with torch.no_grad():
