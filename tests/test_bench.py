@@ -177,7 +177,7 @@ def test_sweep_keeps_d_at_least_r():
     assert householder._sweep(parsed, householder.PRESETS["quick"]) == [
         (1, 16, 16), (1, 64, 16), (1, 64, 32)]
     quick = householder._sweep(parser.parse_args([]), householder.PRESETS["quick"])
-    for config in ((1, 1024, 1024), (1, 2048, 64), (1, 256, 32)):
+    for config in ((1, 1024, 1024), (1, 2048, 64), (1, 256, 32), (1, 256, 16)):
         assert config in quick
     assert any(b > 1 for b, _, _ in quick)
 
