@@ -329,10 +329,11 @@ def _small_consts(k: int, ref: torch.Tensor
     """(M-mask (k, k): ones above the diagonal and 1/2 on it, upper-with-diagonal bool mask
     (k, k), I_k / 2, I_k) in ``ref``'s dtype and on its device; cached per (k, dtype,
     device) - at most 64 x 64 each - and never handed out."""
-    # keyed by the device index, not by ref.device: building a torch.device object costs
-    # more than the rest of the lookup (-1 is the CPU; other devices have their index)
-    key = (k, ref.dtype, ref.get_device(), ref.device.type if not (ref.is_cpu or ref.is_cuda)
-           else ref.is_cuda)
+    # keyed without building ref.device where it can be helped (a torch.device object
+    # costs more than the rest of the lookup): get_device() is -1 on the CPU, the index
+    # elsewhere, and the device type tells other accelerators apart
+    kind = ref.is_cuda if (ref.is_cpu or ref.is_cuda) else ref.device.type
+    key = (k, ref.dtype, ref.get_device(), kind)
     out = _SMALL_CONSTS.get(key)
     if out is None:
         dtype, device = ref.dtype, ref.device
@@ -437,7 +438,7 @@ class _SmallOrgqr(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
         ctx.unit_lower, ctx.eps, ctx.fwd_a = unit_lower, eps, a
-        ctx.save_for_backward(a)  # V is rebuilt in the backward: no m x k copy kept
+        ctx.save_for_backward(a)  # only A: the backward works with V by blocks of A
         if unit_lower and _use_lapack_forward(a, None, True, False):
             return torch.linalg.householder_product(a, _exact_tau_unit_lower(a))
         k = a.shape[-1]
