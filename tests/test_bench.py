@@ -220,3 +220,13 @@ def test_sweep_ratios_come_from_the_paired_stage(sweep):
             assert math.isfinite(ratio) and ratio > 0
         assert row["speedup_fwd_bwd_vs_torch_paired"] is True
         assert row["speedup_fwd_bwd_vs_torch"] == paired["fwd_bwd"]["torch"]["ratio_to_reference"]
+
+
+def test_memory_floor_failure_is_a_reason_not_a_crash():
+    param = torch.randn(2, 3, requires_grad=True)
+    out = householder._memory_floor(param, torch.randn(4, 5))  # cannot broadcast
+    assert out["peak_floor_bytes"] is None
+    assert out["peak_floor_reason"].startswith("RuntimeError: ")
+    if PROC_MEMORY:
+        ok = householder._memory_floor(param, torch.randn(2, 3))
+        assert isinstance(ok["peak_floor_bytes"], int) and "peak_floor_reason" not in ok

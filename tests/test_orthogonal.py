@@ -245,6 +245,21 @@ def test_vmap_jacrev_jvp():
     torch.testing.assert_close(out, dl.householder_apply(A, None, X), **TOL[f64])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+@pytest.mark.parametrize("m,n", [(6, 3), (20, 5)])
+def test_vmap_and_vmapped_grad_every_dtype(dtype, m, n):
+    """vmap over the exact-tau forward (no batching rule for in-place or out= kernels) and
+    per-sample gradients, in float32 as well as float64."""
+    A = torch.randn(3, m, n, dtype=dtype)
+    tol = TOL[dtype]
+    for fn in (dl.householder_product, dl.householder_orgqr):
+        torch.testing.assert_close(torch.func.vmap(fn)(A), fn(A), **tol)
+        per_sample = torch.func.vmap(torch.func.grad(lambda a, fn=fn: (fn(a) ** 3).sum()))(A)
+        A_ = A.clone().requires_grad_()
+        (fn(A_) ** 3).sum().backward()
+        torch.testing.assert_close(per_sample, A_.grad, **tol)
+
+
 # ----------------------------------------------------------- torch-householder drop-in
 # The same checks as that package's CPU test cases (2-D and 3-D, with and without tau,
 # float32 against a float64 reference of the same function), written for our own API.

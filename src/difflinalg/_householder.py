@@ -83,6 +83,11 @@ def _exact_tau_unit_lower(a: torch.Tensor) -> torch.Tensor:
     the division run in float64. The squares are taken in place in the one m x k
     temporary (``vecdot`` would allocate a second).
     """
+    if not tri.plain_tensor(a):  # under vmap: no batching rule for square_ or div.out
+        sq = a.tril(-1).square().sum(-2)
+        if a.dtype == torch.float32:
+            return torch.div(_TWO64, sq.double() + 1.0).to(a.dtype)
+        return torch.div(_TWO64, sq + 1.0)
     sq = a.tril(-1).square_().sum(-2)  # a float32 reduction: a few ulps of ||a||^2
     if a.dtype == torch.float32:  # the quotient is rounded once, into sq's storage
         return torch.div(_TWO64, sq.double().add_(1.0), out=sq)

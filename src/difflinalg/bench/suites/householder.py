@@ -70,6 +70,7 @@ from .._report import (
 from .._timing import (
     Budget,
     IsolatedRunner,
+    _describe_exception,
     measure,
     measure_interleaved,
     profile_differentiable,
@@ -175,9 +176,11 @@ class _Identity(torch.autograd.Function):
         return g.clone()
 
 
-def _memory_floor(param: torch.Tensor, G: torch.Tensor) -> int | None:
-    """Peak extra resident bytes of forward+backward of :class:`_Identity`, measured as the
-    methods' own peaks are (warm, glibc's heap following the live tensors)."""
+def _memory_floor(param: torch.Tensor, G: torch.Tensor) -> dict[str, Any]:
+    """``{"peak_floor_bytes": ...}``: peak extra resident bytes of forward+backward of
+    :class:`_Identity`, measured as the methods' own peaks are (warm, glibc's heap following
+    the live tensors); ``None`` with ``peak_floor_reason`` if it cannot be measured (a
+    failure here must not cost the method's own results)."""
     heap_for_memory()
     try:
         def fwd_bwd() -> None:
@@ -187,7 +190,11 @@ def _memory_floor(param: torch.Tensor, G: torch.Tensor) -> int | None:
         fwd_bwd()
         with PeakMemory() as peak:
             fwd_bwd()
-        return peak.peak_extra_bytes
+        if peak.peak_extra_bytes is None:
+            return {"peak_floor_bytes": None, "peak_floor_reason": peak.reason}
+        return {"peak_floor_bytes": peak.peak_extra_bytes}
+    except (RuntimeError, MemoryError) as exc:
+        return {"peak_floor_bytes": None, "peak_floor_reason": _describe_exception(exc)}
     finally:
         heap_for_timing()
 
@@ -221,7 +228,7 @@ def _case_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None])
         # first, in the fresh process, as profile_differentiable measures the method's peak
         # next (after the timing stages the heap holds what they freed and reads higher)
         report({"stage": "memory floor"})
-        report({"peak_floor_bytes": _memory_floor(param, G)})
+        report(_memory_floor(param, G))
 
     entry, out, grad, call_s = profile_differentiable(
         forward, param, G, small_warmup=small_warmup, min_run_time=spec["min_run_time"],
@@ -560,13 +567,19 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
     for b in sorted({row["b"] for row in rows}):
         lines += [f"## b = {b}", "", _table([r for r in rows if r["b"] == b], methods), ""]
     lines += ["## Summary", ""] + _summary(rows, methods) + [""]
+    def skipped(e: dict[str, Any]) -> dict[str, str]:
+        out = dict(e.get("skipped") or {})
+        if e.get("peak_floor_reason"):
+            out["memory floor"] = e["peak_floor_reason"]
+        return out
+
     failures = [(row, m, e) for row in rows for m, e in row["methods"].items()
-                if e.get("error") or e.get("not_run") or e.get("skipped")]
+                if e.get("error") or e.get("not_run") or skipped(e)]
     if failures:
         lines += ["## Failures, skipped cases and skipped stages", ""]
         for row, m, e in failures:
             what = e.get("error") or e.get("not_run") or "; ".join(
-                f"{stage}: {why}" for stage, why in e["skipped"].items())
+                f"{stage}: {why}" for stage, why in skipped(e).items())
             lines.append(f"- b={row['b']} d={row['d']} r={row['r']} {m}: {what}")
         lines.append("")
     if charts:
