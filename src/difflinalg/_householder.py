@@ -244,8 +244,8 @@ def _orgqr_whole_one_block(v: torch.Tensor, tau: torch.Tensor | None,
     if tau is None:
         tau = s.diagonal(dim1=-2, dim2=-1).clamp_min(eps * eps).reciprocal_().mul_(2.0)
     d = tau.unsqueeze(-1)
-    n = s.triu_(1).mul_(d)
-    n.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    # N = I + D striu(S); the solve is unitriangular, so N's diagonal is never read
+    n = (s.triu_(1) if tri.plain_tensor(s) else s.triu(1)).mul_(d)  # triu_: no vmap rule
     c = torch.linalg.solve_triangular(n, v[..., :k, :].mT * d, upper=True, unitriangular=True)
     y = torch.matmul(v, c).neg_()
     y.diagonal(dim1=-2, dim2=-1).add_(1.0)
