@@ -310,6 +310,28 @@ def test_vmap_and_jacrev():
     torch.testing.assert_close(lv, torch.linalg.eigvalsh(A)[..., 2:])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vmapped_per_sample_gradients_match_a_loop(dtype):
+    """vmap(grad(...)) of the spectral functions equals the per-matrix gradients, the PSD
+    clamp's branch included (the second matrix is singular: rank 2 of 4)."""
+    lam = torch.tensor([[0.5, 1.0, 2.0, 4.0], [0.0, 0.0, 1.0, 3.0], [1.0, 1.0, 1.0, 2.0]],
+                       dtype=torch.float64)
+    A = symmetric_with_spectrum(lam, generator=torch.Generator().manual_seed(3)).to(dtype)
+    G = torch.randn(4, 4, dtype=dtype)
+    ops = {"sqrtm_psd": dl.sqrtm_psd, "inv_sqrtm_psd": dl.inv_sqrtm_psd,
+           "logm_spd": dl.logm_spd, "expm_sym": dl.expm_sym,
+           "powm_psd": lambda a: dl.powm_psd(a, 0.3)}
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    for name, op in ops.items():
+        batch = A if name not in ("inv_sqrtm_psd", "logm_spd") else A[[0, 2]]
+        def loss(a, op=op):
+            return (op(a) * G).sum()
+
+        per_sample = torch.func.vmap(torch.func.grad(loss))(batch)
+        loop = torch.stack([torch.func.grad(loss)(a) for a in batch])
+        torch.testing.assert_close(per_sample, loop, **tol, msg=name)
+
+
 def test_inputs_not_mutated():
     A = _spd((2,), 4)
     A0 = A.clone()

@@ -203,6 +203,24 @@ def test_rank_deficient_input_stays_finite_with_auto():
     torch.testing.assert_close(S @ S, A, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_vmap_takes_the_eigen_route_and_matches_a_loop(dtype):
+    """Under vmap "auto" cannot branch on each matrix's conditioning: it takes the eigen
+    engine as it is, values and per-sample gradients equal to the unbatched calls'."""
+    A = _spd((3,), 5, 1e2, dtype=dtype)
+    G = torch.randn(5, 5, dtype=dtype)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    for op in (dl.sqrtm, dl.inv_sqrtm):
+        out = torch.func.vmap(lambda a, op=op: op(a)[0])(A)
+        torch.testing.assert_close(out, torch.stack([op(a)[0] for a in A]), **tol)
+        def loss(a, op=op):
+            return (op(a)[0] * G).sum()
+
+        per_sample = torch.func.vmap(torch.func.grad(loss))(A)
+        loop = torch.stack([torch.func.grad(loss)(a) for a in A])
+        torch.testing.assert_close(per_sample, loop, **tol)
+
+
 def test_condition_estimate_orders_conditioning():
     est = [float(_sqrtm.condition_estimate(_spd((1,), 32, c)).item()) for c in (2, 1e2, 1e6)]
     assert 1.0 <= est[0] <= 2.0 + 1e-9

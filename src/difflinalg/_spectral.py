@@ -100,8 +100,9 @@ def inplace_ok(*tensors: torch.Tensor) -> bool:
 
 
 def _any(mask: torch.Tensor) -> bool:
-    """mask.any() where that is free (CPU); True elsewhere (no device sync)."""
-    return not mask.is_cpu or bool(mask.any())
+    """mask.any() where that is free (a plain CPU tensor); True elsewhere: no device sync,
+    and inside torch.func transforms (vmap) a data-dependent branch cannot be taken."""
+    return not mask.is_cpu or not plain_tensor(mask) or bool(mask.any())
 
 
 def derivative_map(fn: SpectralFn, lam: torch.Tensor, v: torch.Tensor,

@@ -14,7 +14,10 @@ symmetric positive definite matrices ``(*, n, n)`` by one of
   exceeds ``1e-3 / eps`` (8e3 in float32) recomputed by Denman-Beavers, which is more
   accurate there; on other devices a matrix-vector-only condition estimate picks
   Newton-Schulz (well-conditioned) or Pade, and any matrix whose iteration does not
-  converge is recomputed by the eigen engine.
+  converge is recomputed by the eigen engine. Inside ``torch.func`` transforms (``vmap``,
+  per-sample gradients) these per-matrix choices are data-dependent branches, so
+  ``"auto"`` takes the eigen engine as it is; the iterative methods' convergence control
+  needs concrete values and is not vmappable.
 """
 
 from __future__ import annotations
@@ -169,7 +172,10 @@ def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float
     # symmetrised under autograd for the iterations; the eigen engine symmetrises inside
     # its Function (cheaper: no autograd node, no second pass)
     flat = A.reshape(bsz, n, n)
-    if A.numel() == 0:
+    # inside torch.func transforms (vmap) "auto" takes the eigen route as it is: the choice
+    # by conditioning and the per-matrix refinement below are data-dependent branches
+    transformed = torch._C._are_functorch_transforms_active()
+    if A.numel() == 0 or (method == "auto" and transformed):
         chosen, scale = "eigh", None
     else:
         chosen, scale = _auto_method(flat) if method == "auto" else (method, None)
@@ -179,7 +185,7 @@ def _run(op: str, A: torch.Tensor, method: str, max_iter: int | None, tol: float
         conv = torch.ones(bsz, dtype=torch.bool, device=A.device)
         res = torch.zeros(bsz, dtype=A.dtype, device=A.device)
         label = "eigh"
-        if method == "auto" and bsz and n > 1:
+        if method == "auto" and bsz and n > 1 and not transformed:
             # the eigensolver resolves eigenvalues to ~eps * lambda_max: beyond cond
             # 1e-3 / eps (8e3 in float32) the root loses more than ~1e-5; those matrices are
             # recomputed by Denman-Beavers, which keeps ~1e-5 up to cond 1e6
