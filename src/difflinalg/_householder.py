@@ -378,9 +378,12 @@ def _small_backward(a: torch.Tensor, g: torch.Tensor, unit_lower: bool,
     # V1 = E1 + L1 (L1 = tril(A[:k], -1)). The backward's peak is then G and dL/dA: at
     # k = m / 8 a whole V would add a third to it. The diagonal of S = B^T B + L1^T V1 =
     # L^T L + L1^T is ||l_j||^2, a sum of like terms (the 1 of ||v_j||^2 comes in once,
-    # with half_eye).
+    # with half_eye). _ReflectorMatrix splits V the same way for the engine, in row blocks
+    # and for V^T V itself; here four straight-line products are all it takes. (narrow, not
+    # split: split's tuple costs ~8% of this backward at 256 x 16.)
+    rest = a.shape[-2] - k
     a1 = a.narrow(-2, 0, k)
-    b = a.narrow(-2, k, a.shape[-2] - k)
+    b = a.narrow(-2, k, rest)
     l1 = a1.tril(-1)
     v1 = l1 + eye
     addmm_ = torch.Tensor.addmm_ if a.dim() == 2 else torch.Tensor.baddbmm_
@@ -391,7 +394,7 @@ def _small_backward(a: torch.Tensor, g: torch.Tensor, unit_lower: bool,
     del s, l1
     ct = mm(v1, t.mT)                                     # C^T = V1 T^T
     g1 = g.narrow(-2, 0, k)
-    p = mm(g.narrow(-2, k, a.shape[-2] - k).mT, b)        # G^T V = G2^T B + G1^T V1
+    p = mm(g.narrow(-2, k, rest).mT, b)                   # G^T V = G2^T B + G1^T V1
     addmm_(p, g1.mT, v1)
     z_t = mm(p, t)                                        # Z^T = G^T V T
     del t, p
@@ -401,7 +404,7 @@ def _small_backward(a: torch.Tensor, g: torch.Tensor, unit_lower: bool,
     w = mm(z_t.mT, ct)
     del z_t, ct
     w = torch.where(upper, w, w.mT)                       # V w_sym - (...), by blocks
-    addmm_(gv.narrow(-2, k, a.shape[-2] - k), b, w, beta=-1.0)
+    addmm_(gv.narrow(-2, k, rest), b, w, beta=-1.0)
     addmm_(top, v1, w, beta=-1.0)
     top.tril_(-1)                                         # only the strict lower part is read
     return gv

@@ -419,12 +419,13 @@ def _derive(row: dict[str, Any], itemsize: int) -> None:
     b, d, r = row["b"], row["d"], row["r"]
     methods = row["methods"]
     output_bytes = b * d * r * itemsize
+    def per_output(peak: int | None) -> float | None:
+        return peak / output_bytes if peak is not None and output_bytes else None
+
     for entry in methods.values():
-        for key in ("peak_extra", "peak_floor"):
-            peak = entry.get(f"{key}_bytes")
-            if peak is not None or key == "peak_extra":
-                entry[f"{key}_x_output"] = (peak / output_bytes if peak is not None
-                                            and output_bytes else None)
+        entry["peak_extra_x_output"] = per_output(entry.get("peak_extra_bytes"))
+        if entry.get("peak_floor_bytes") is not None:  # measured for ours only
+            entry["peak_floor_x_output"] = per_output(entry["peak_floor_bytes"])
     ours = methods.get("ours", {})
     cross = methods.get("torch", {}).get("cross", {})
     if "ours_grad_err_vs_torch64" in cross:
@@ -567,6 +568,7 @@ def _write_markdown(path: Path, metadata: dict[str, Any], rows: list[dict[str, A
     for b in sorted({row["b"] for row in rows}):
         lines += [f"## b = {b}", "", _table([r for r in rows if r["b"] == b], methods), ""]
     lines += ["## Summary", ""] + _summary(rows, methods) + [""]
+
     def skipped(e: dict[str, Any]) -> dict[str, str]:
         out = dict(e.get("skipped") or {})
         if e.get("peak_floor_reason"):
