@@ -291,42 +291,32 @@ def apply(v_in: torch.Tensor, tau: torch.Tensor | None, x: torch.Tensor | None,
             and k <= SMALL_MAX_K and v_in.numel() <= SMALL_MAX_NUMEL
             and SMALL_MIN_ROWS_PER_COL * k <= v_in.shape[-2]
             and not torch._C._are_functorch_transforms_active()):
-        cwy = (unit_lower and v_in.numel() * k >= SMALL_CWY_MIN_WORK and v_in.requires_grad
-               and torch.is_grad_enabled())
         if v_in.dim() > 3:  # one batch dim inside the Function (mm/bmm), views outside
             shape = v_in.shape
-            y = _SmallOrgqr.apply(v_in.reshape(-1, *shape[-2:]), unit_lower, eps, cwy)
+            y = _SmallOrgqr.apply(v_in.reshape(-1, *shape[-2:]), unit_lower, eps)
             return y.reshape(shape)
-        return _SmallOrgqr.apply(v_in, unit_lower, eps, cwy)
+        return _SmallOrgqr.apply(v_in, unit_lower, eps)
     return apply_fastest(HouseholderApply, _HouseholderApplyClassic,
                          v_in, tau, x, n_cols, unit_lower, transpose, eps, k)
 
 
 # ----------------------------------------------------------------------------- small orgqr
 # At d k of a few thousand a forward+backward is bound by the cost of each kernel launch
-# and of each Python-level step (5-15 us apiece on a shared 2-core CPU), not by flops, so
-# this path is written for the fewest kernels. For Y = Q E with exact reflections
-# (tau = None) and unit-lower V = E + tril(A, -1), in the T-CWY form (Joffrain et al. 2006)
-#   T^{-1} = M = striu(V^T V) + diag(V^T V) / 2,   C = T V[:k]^T,   Y = E - V C
-# (for exact reflections diag(V^T V) / 2 = 1 / tau, so no tau appears), and the engine's
-# backward, with N^{-1} D = (D^{-1} N)^{-1} = M^{-1} = T, reads
+# and of each Python-level step (5-10 us apiece on a shared 2-core CPU), not by flops.
+# For Y = Q E with exact reflections (tau = None) the forward is the engine's (LAPACK's
+# orgqr on the CPU for unit-lower V, with the float64 tau that keeps its orthogonality),
+# and the backward needs no tau at all: in the T-CWY form (Joffrain et al. 2006)
+#   T^{-1} = M = striu(V^T V) + diag(V^T V) / 2,   C = T V[:k]^T   (Y = E - V C),
+# and the engine's backward, with N^{-1} D = (D^{-1} N)^{-1} = M^{-1} = T, reads
 #   Z^T = G^T V T,   w = Z C^T,   w_sym = triu(w) + striu(w)^T,
 #   dL/dV = V w_sym - (G C^T + E Z^T)
 # (the diagonal of w is the exact-tau term; it is dropped for whole columns whose norm was
-# clamped at eps). Given V, M and C this is eight kernels (_cwy_backward), T applied by one
-# small solve. Two forwards lead to it:
-# - "lapack" (the default): LAPACK's orgqr with the float64 tau, saving only A; the
-#   backward first rebuilds V, M and C in A's precision (four kernels more);
-# - "cwy" (_cwy_forward), from SMALL_CWY_MIN_WORK on, when a gradient will be taken: the
-#   forward is the T-CWY product itself, M formed and solved in float64, and leaves V, M and
-#   C to the backward. Its products cost more than the tau's elementwise kernels below that
-#   size, where the forward with autograd recording would be 1.3-1.7x the forward of
-#   LAPACK plus the exact tau (1 x 256 x 16: 1.6x; 1 x 1024 x 16: 1.35x); from it on that
-#   ratio is 0.97-1.22x and forward+backward is 1.15-1.25x faster than "lapack" (measured
-#   on 2 cores, float32: 1 x 256 x 64, 1 x 512 x 32, 1 x 1024 x 64, 1 x 2048 x 16,
-#   8 x 256 x 16, 32 x 64 x 16). Its Y is also 1.1-5x closer to orthogonal than LAPACK's.
-# A single matrix goes through mm, not bmm. Double backward and vmapped gradients hand over
-# to the general engine.
+# clamped at eps). T (k x k, k <= 64) is formed by one triangular solve against I_k, as
+# LAPACK's larft forms it, so that the rule's two solves become small products; a single
+# matrix goes through mm, not bmm. Only the input is saved: the forward stays LAPACK's call
+# plus the tau (what the forward-only user pays), the backward rebuilds M and works with V
+# by blocks (see _small_backward). The k x k constants are cached per k. Double backward
+# and vmapped gradients hand over to the general engine.
 SMALL_MAX_K = 64
 SMALL_MAX_NUMEL = 1 << 16
 # The small backward keeps a handful of k x k blocks live next to G and dL/dA: a quarter of
@@ -362,77 +352,6 @@ def _small_consts(k: int, ref: torch.Tensor
     return out
 
 
-# b m k^2 of the call, the flops of its products up to a factor 2: 1 x 512 x 32 and up
-SMALL_CWY_MIN_WORK = 1 << 19
-_CWY_CONSTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
-_CWY_CONSTS_MAX = 16  # two m x k tensors each, m k <= 2^16: at most 1 MiB an entry
-
-
-def _cwy_consts(m: int, k: int, ref: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(-M-mask (k, k) in float64: -1 above the diagonal and -1/2 on it; E = I_{m x k}, the
-    strictly-lower mask (m, k) and the -M-mask in ``ref``'s dtype), on ``ref``'s device,
-    cached per (m, k, dtype, device) and never handed out: E + A * mask is V in one kernel,
-    and E + V (-C) is Y in one."""
-    kind = ref.is_cuda if (ref.is_cpu or ref.is_cuda) else ref.device.type
-    key = (m, k, ref.dtype, ref.get_device(), kind)
-    out = _CWY_CONSTS.get(key)
-    if out is None:
-        dtype, device = ref.dtype, ref.device
-        if len(_CWY_CONSTS) >= _CWY_CONSTS_MAX:
-            _CWY_CONSTS.pop(next(iter(_CWY_CONSTS)))
-        neg_mask = torch.full((k, k), -1.0, dtype=torch.float64, device=device).triu_()
-        neg_mask.diagonal().fill_(-0.5)
-        eye = torch.eye(m, k, dtype=dtype, device=device)
-        lower = torch.ones(m, k, dtype=dtype, device=device).tril_(-1)
-        out = _CWY_CONSTS[key] = (neg_mask, eye, lower, neg_mask.to(dtype))
-    return out
-
-
-def _cwy_forward(a: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Y = E - V C for unit-lower V (``a``: (m, k) or (b, m, k)), with C = M^{-1} V[:k]^T.
-
-    Returns (Y, V, -M in float64, -C in ``a``'s dtype). M = striu(V^T V) + diag(V^T V) / 2
-    is formed and solved in float64 (a float32 V is exact in float64), so that
-    1 + ||a_j||^2 keeps the low bits of a small ||a_j||^2, as the exact tau must; Y is then
-    one float32 product with C rounded once. Measured in float32 at parameter scales 1e-3 to
-    1e2: ||Y^T Y - I|| is 0.3-0.9x LAPACK's orgqr with the float64 tau.
-    """
-    m, k = a.shape[-2], a.shape[-1]
-    neg_mask, eye, lower, _ = _cwy_consts(m, k, a)
-    mm, addmm = (torch.mm, torch.addmm) if a.dim() == 2 else (torch.bmm, torch.baddbmm)
-    v = torch.addcmul(eye, a, lower)                 # E + tril(A, -1)
-    v64 = v.to(torch.float64)
-    v64_t = v64.mT
-    neg_m = mm(v64_t, v64).mul_(neg_mask)            # -M (only its upper part is read)
-    neg_c = torch.linalg.solve_triangular(neg_m, v64_t.narrow(-1, 0, k), upper=True)
-    del v64, v64_t
-    neg_c = neg_c.to(a.dtype)                        # -C = -T V[:k]^T
-    return addmm(eye, v, neg_c), v, neg_m, neg_c
-
-
-def _cwy_backward(v: torch.Tensor, neg_m: torch.Tensor, neg_c: torch.Tensor,
-                  g: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """dL/dA from what :func:`_cwy_forward` left: the rule of the comment above with
-    T = M^{-1} applied by one small solve, and the signs folded into -M and -C."""
-    k = v.shape[-1]
-    mm = torch.mm if v.dim() == 2 else torch.bmm
-    neg_m = neg_m.to(v.dtype)
-    z_t = torch.linalg.solve_triangular(neg_m, mm(g.mT, v), upper=True, left=False)  # -Z^T
-    neg_ct = neg_c.mT                                                   # -C^T
-    gv = mm(g, neg_ct)                                                  # -G C^T
-    top = gv.narrow(-2, 0, k)
-    top += z_t                                                          # -(G C^T + E Z^T)
-    w = mm(z_t.mT, neg_ct)                                              # Z C^T
-    w = torch.where(upper, w, w.mT)
-    if gv.dim() == 2:
-        gv.addmm_(v, w)
-    else:
-        gv.baddbmm_(v, w)
-    top.tril_(-1)                                   # only the strict lower part is read
-    return gv
-
-
 def _engine_ctx(a: torch.Tensor, unit_lower: bool, eps: float) -> Any:
     """A stand-in for HouseholderApply's ctx (orgqr, tau=None, gradient w.r.t. A only)."""
     k = a.shape[-1]
@@ -444,28 +363,51 @@ def _engine_ctx(a: torch.Tensor, unit_lower: bool, eps: float) -> Any:
 
 def _small_backward(a: torch.Tensor, g: torch.Tensor, unit_lower: bool,
                     eps: float) -> torch.Tensor:
-    """dL/dA of Y = Q E (tau = None) for a (*, m, k) with at most one batch dim, after the
-    "lapack" forward (see the comment above).
+    """dL/dA of Y = Q E (tau = None) for a (*, m, k) with at most one batch dim.
 
-    Peak: G, V and dL/dA, and a few k x k blocks (at most a quarter of the output each,
-    as m >= 4k).
+    Peak: G and dL/dA, and at most four k x k blocks (each is dropped as soon as it has
+    been used: at k = m / 8 a k x k block is an eighth of the output).
     """
     k = a.shape[-1]
     m_mask, upper, half_eye, eye = _small_consts(k, a)
     mm = torch.mm if a.dim() == 2 else torch.bmm
     if not unit_lower:
         return _small_backward_whole(a, g, eps, mm, m_mask, upper, eye)
-    # The rule of the comment above, from V, -M and -C rebuilt here in a's precision (what
-    # the backward needs; the forward's float64 care is for Y's orthogonality). V is formed
-    # whole: four kernels, where working with A's blocks took nine, at the price of one
-    # output's worth of memory at this size.
-    m = a.shape[-2]
-    _, e_mk, lower, neg_mask = _cwy_consts(m, k, a)
-    v = torch.addcmul(e_mk, a, lower)                     # E + tril(A, -1)
-    v_t = v.mT
-    neg_m = mm(v_t, v).mul_(neg_mask)                     # -M
-    neg_c = torch.linalg.solve_triangular(neg_m, v_t.narrow(-1, 0, k), upper=True)  # -C
-    return _cwy_backward(v, neg_m, neg_c, g, upper)
+    # V = E + L is never formed: below its top k x k block V is A itself (B = A[k:], a
+    # view), so every product with V is one with B plus a k x k one with the top block
+    # V1 = E1 + L1 (L1 = tril(A[:k], -1)). The backward's peak is then G and dL/dA: at
+    # k = m / 8 a whole V would add a third to it. The diagonal of S = B^T B + L1^T V1 =
+    # L^T L + L1^T is ||l_j||^2, a sum of like terms (the 1 of ||v_j||^2 comes in once,
+    # with half_eye). _ReflectorMatrix splits V the same way for the engine, in row blocks
+    # and for V^T V itself; here four straight-line products are all it takes. (narrow, not
+    # split: split's tuple costs ~8% of this backward at 256 x 16.)
+    rest = a.shape[-2] - k
+    a1 = a.narrow(-2, 0, k)
+    b = a.narrow(-2, k, rest)
+    l1 = a1.tril(-1)
+    v1 = l1 + eye
+    addmm_ = torch.Tensor.addmm_ if a.dim() == 2 else torch.Tensor.baddbmm_
+    s = mm(b.mT, b)
+    addmm_(s, l1.mT, v1)
+    s = torch.addcmul(half_eye, s, m_mask)
+    t = torch.linalg.solve_triangular(s, eye, upper=True)  # T = M^{-1}
+    del s, l1
+    ct = mm(v1, t.mT)                                     # C^T = V1 T^T
+    g1 = g.narrow(-2, 0, k)
+    p = mm(g.narrow(-2, k, rest).mT, b)                   # G^T V = G2^T B + G1^T V1
+    addmm_(p, g1.mT, v1)
+    z_t = mm(p, t)                                        # Z^T = G^T V T
+    del t, p
+    gv = mm(g, ct)                                        # G C^T + E Z^T
+    top = gv.narrow(-2, 0, k)
+    top += z_t
+    w = mm(z_t.mT, ct)
+    del z_t, ct
+    w = torch.where(upper, w, w.mT)                       # V w_sym - (...), by blocks
+    addmm_(gv.narrow(-2, k, rest), b, w, beta=-1.0)
+    addmm_(top, v1, w, beta=-1.0)
+    top.tril_(-1)                                         # only the strict lower part is read
+    return gv
 
 
 def _small_backward_whole(a: torch.Tensor, g: torch.Tensor, eps: float, mm: Any,
@@ -502,14 +444,8 @@ class _SmallOrgqr(torch.autograd.Function):
     form only: inside torch.func transforms :func:`apply` takes the general engine."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, unit_lower: bool, eps: float,
-                cwy: bool = False) -> torch.Tensor:
-        ctx.unit_lower, ctx.eps, ctx.fwd_a, ctx.cwy = unit_lower, eps, a, cwy
-        if cwy:  # unit-lower V, gradient to come: the forward leaves V, -M and -C
-            with no_tf32(a):
-                y, v, neg_m, neg_c = _cwy_forward(a)
-            ctx.save_for_backward(a, v, neg_m, neg_c)
-            return y
+    def forward(ctx: Any, a: torch.Tensor, unit_lower: bool, eps: float) -> torch.Tensor:
+        ctx.unit_lower, ctx.eps, ctx.fwd_a = unit_lower, eps, a
         ctx.save_for_backward(a)  # only A: the backward works with V by blocks of A
         if unit_lower and _use_lapack_forward(a, None, True, False):
             return torch.linalg.householder_product(a, _exact_tau_unit_lower(a))
@@ -519,21 +455,15 @@ class _SmallOrgqr(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
-        saved = ctx.saved_tensors
-        a = saved[0]
+        (a,) = ctx.saved_tensors
         if torch.is_grad_enabled() or not tri.plain_tensor(g):
             # create_graph or a vmapped gradient: the general engine's rule, which handles both
             gv = HouseholderApply.backward(_engine_ctx(a, ctx.unit_lower, ctx.eps), g)[0]
-            return gv, None, None, None
+            return gv, None, None
         with no_tf32(a):
-            if ctx.cwy:
-                upper = _small_consts(a.shape[-1], a)[1]
-                return _cwy_backward(*saved[1:], g, upper), None, None, None
             if a.dim() == 3 and a.shape[0] == 1:  # one matrix: mm, not bmm
-                gv = _small_backward(a[0], g[0], ctx.unit_lower, ctx.eps)[None]
-            else:
-                gv = _small_backward(a, g, ctx.unit_lower, ctx.eps)
-        return gv, None, None, None
+                return _small_backward(a[0], g[0], ctx.unit_lower, ctx.eps)[None], None, None
+            return _small_backward(a, g, ctx.unit_lower, ctx.eps), None, None
 
     @staticmethod
     def jvp(ctx: Any, da: torch.Tensor, *_unused):
