@@ -1,7 +1,7 @@
 # The two quick-start commands of the README:
 #   make bench   set up, then run the benchmark CLI's quick suites (reports + charts in
-#                bench-results/<suite> for householder, spectral, sqrtm, factorize,
-#                contract and sparse)
+#                bench-results/<suite> for householder, nn_orthogonal, spectral, sqrtm,
+#                factorize, contract and sparse)
 #   make test    set up, then run the test suite (what .ci/run calls)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +22,7 @@ test: setup-test
 
 bench: setup-bench
 	$(VENV)/bin/difflinalg bench householder --preset $(PRESET) --out $(BENCH_OUT)/householder
+	$(VENV)/bin/difflinalg bench nn_orthogonal --preset $(PRESET) --out $(BENCH_OUT)/nn_orthogonal
 	$(VENV)/bin/difflinalg bench spectral --preset $(PRESET) --out $(BENCH_OUT)/spectral
 	$(VENV)/bin/difflinalg bench sqrtm --preset $(PRESET) --out $(BENCH_OUT)/sqrtm
 	$(VENV)/bin/difflinalg bench factorize --preset $(PRESET) --out $(BENCH_OUT)/factorize

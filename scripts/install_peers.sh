@@ -14,6 +14,13 @@ if ! "$venv/bin/python" -c "import importlib.util as u; import sys; sys.exit(u.f
       >/tmp/difflinalg-peers-composer.log 2>&1 \
     || echo "peers: mosaicml could not be installed; the factorize benchmark uses a re-implementation"
 fi
+# geotorch (pure Python) for the nn_orthogonal benchmark; --no-deps for the same reason
+if ! "$venv/bin/python" -c "import geotorch" >/dev/null 2>&1; then
+  echo "peers: installing geotorch without dependencies"
+  "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps "geotorch>=0.3" \
+      >/tmp/difflinalg-peers-geotorch.log 2>&1 \
+    || echo "peers: geotorch could not be installed; the nn_orthogonal benchmark runs without it"
+fi
 if "$venv/bin/python" -c "import torch_householder" >/dev/null 2>&1; then
   exit 0
 fi

@@ -18,8 +18,8 @@ from types import ModuleType
 
 __all__ = ["SUITE_MODULES", "load_suites"]
 
-SUITE_MODULES: tuple[str, ...] = ("householder", "spectral", "sqrtm", "factorize",
-                                   "contract", "sparse")
+SUITE_MODULES: tuple[str, ...] = ("householder", "nn_orthogonal", "spectral", "sqrtm",
+                                   "factorize", "contract", "sparse")
 
 _REQUIRED = ("NAME", "DESCRIPTION", "add_arguments", "run")
 
