@@ -112,11 +112,12 @@ def _method_worker(spec: dict[str, Any], report: Callable[[dict[str, Any]], None
     register(tiny)
     _step(tiny, torch.ones(8, 4))()
     layer = _layer(d, r, spec["seed"])
+    weight_bytes = layer.weight.numel() * layer.weight.element_size()
     report({"stage": "register"})
     start = time.perf_counter()
     register(layer)
     report({"register_s": time.perf_counter() - start, "state_bytes": _state_bytes(layer),
-            "weight_bytes": d * r * 4})
+            "weight_bytes": weight_bytes})
     W = layer.weight.detach().double()
     eye = torch.eye(r, dtype=torch.float64)
     report({"ortho_err": float((W.mT @ W - eye).norm() / math.sqrt(r))})
