@@ -41,13 +41,12 @@ from .._report import (
     format_ratio,
     format_seconds_ms,
     markdown_table,
-    ratio,
     run_facts,
     why_missing,
     write_json,
 )
 from .._timing import IsolatedRunner, measure, measure_interleaved
-from ..cli import positive_float, positive_int
+from ..cli import choice_list, positive_float, positive_int
 
 __all__ = ["NAME", "DESCRIPTION", "add_arguments", "run"]
 
@@ -267,7 +266,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--configs", type=lambda s: [_config(c) for c in s.split(",")],
                         metavar="DxR[,DxR...]", help="weights to run instead of the preset's")
-    parser.add_argument("--methods", default=",".join(METHODS),
+    parser.add_argument("--methods", type=choice_list(METHODS, "methods"), default=METHODS,
+                        metavar="M,...",
                         help=f"comma-separated among {', '.join(METHODS)} (ours is always run)")
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--min-run-time", type=positive_float, metavar="SECONDS")
@@ -281,13 +281,7 @@ def run(args: argparse.Namespace) -> int:
     configs = args.configs or list(preset["configs"])
     min_run_time = args.min_run_time or preset["min_run_time"]
     timeout = args.timeout or preset["timeout"]
-    asked = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(asked) - set(METHODS))
-    if unknown:
-        print(f"nn_orthogonal bench: unknown methods {unknown}; expected some of "
-              f"{', '.join(METHODS)}", file=sys.stderr)
-        return 2
-    asked = ["ours"] + [m for m in METHODS if m in asked and m != "ours"]
+    asked = ["ours"] + [m for m in args.methods if m != "ours"]
     methods = [m for m in asked if available(m)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,11 +327,6 @@ def run(args: argparse.Namespace) -> int:
             print(f" {'error: ' + error if error else 'ok'} "
                   f"[{format_elapsed(time.monotonic() - start)}]", file=sys.stderr, flush=True)
             save()
-    for row in rows:  # ratios of the per-method processes, for the record
-        ours = row["methods"].get("ours") or {}
-        for method, entry in row["methods"].items():
-            if method != "ours":
-                entry["register_ratio"] = ratio(entry.get("register_s"), ours.get("register_s"))
     charts = []
     try:
         _chart(out / "register_and_step.png", metadata, rows)
